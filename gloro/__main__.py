@@ -1,0 +1,5 @@
+"""`python -m gloro`: the command line."""
+
+from gloro.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""The paper's architectures, built by name (`create_model('6C2F', ...)`), layer by layer as in its code.
+
+Conv layers use TF 'same' padding as PyTorch integers: padding 1 for k3 s1, and for k4 s2 on even input
+sizes. Every conv and dense layer but the last is followed by the activation (ReLU or MinMax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from gloro.layers import MinMax
+
+# (out_channels, kernel, stride) for a conv; a bare int is a dense layer's width. The logit layer is added.
+LAYOUTS: dict[str, tuple] = {
+    "2C2F": ((16, 4, 2), (32, 4, 2), 100),
+    "4C3F": ((32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2), 512, 512),
+    "6C2F": ((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2), 512),
+    "8C2F": ((64, 3, 1), (64, 3, 1), (64, 4, 2), (128, 3, 1), (128, 3, 1), (128, 4, 2), (256, 3, 1), (256, 4, 2), 256),
+    # The paper snapshot's Tiny-ImageNet network: seven convs and the logit layer only.
+    "7C1F": ((64, 3, 1), (64, 3, 1), (64, 4, 2), (128, 3, 1), (128, 4, 2), (256, 3, 1), (256, 4, 2)),
+}
+ACTIVATIONS = {"relu": nn.ReLU, "minmax": MinMax}
+INITS = ("glorot_uniform", "orthogonal", "pytorch")
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Everything needed to rebuild a registry model: stored in checkpoints."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    activation: str = "relu"
+    init: str = "glorot_uniform"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def architectures() -> list[str]:
+    """Names known to `create_model`."""
+    return list(LAYOUTS)
+
+
+def canonical_name(name: str) -> str:
+    """Registry key for a case-insensitive name; raises listing the known names."""
+    for known in LAYOUTS:
+        if known.lower() == str(name).lower():
+            return known
+    raise ValueError(f"unknown architecture {name!r}; known architectures: {', '.join(LAYOUTS)}")
+
+
+def create_model(
+    name: str,
+    input_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    *,
+    activation: str = "relu",
+    init: str = "glorot_uniform",
+    seed: int = 0,
+) -> nn.Sequential:
+    """Build architecture `name` for (C, H, W) inputs; the spec is kept as `model.architecture`.
+
+    `init`: 'glorot_uniform' with zero biases (Keras' default, used by the paper's MNIST and Tiny runs),
+    'orthogonal' (the CIFAR GloRo run), or 'pytorch' (torch.nn defaults).
+    """
+    spec = ArchitectureSpec(canonical_name(name), tuple(int(n) for n in input_shape), int(num_classes),
+                            activation.lower(), init.lower())
+    if spec.activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if spec.init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if len(spec.input_shape) != 3:
+        raise ValueError(f"input_shape must be (C, H, W), got {spec.input_shape}")
+    if spec.num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {spec.num_classes}")
+    model = nn.Sequential(*build_layers(spec))
+    initialise(model, spec.init, torch.Generator().manual_seed(seed))
+    model.architecture = spec
+    return model
+
+
+def build_layers(spec: ArchitectureSpec) -> list[nn.Module]:
+    """The layer list for `spec`, with every shape checked against the input size."""
+    channels, height, width = spec.input_shape
+    layers: list[nn.Module] = []
+    features = None
+    for item in LAYOUTS[spec.name]:
+        if isinstance(item, tuple):
+            out, kernel, stride = item
+            padding = 1
+            height, width = ((n + 2 * padding - kernel) // stride + 1 for n in (height, width))
+            if height < 1 or width < 1:
+                raise ValueError(f"input shape {spec.input_shape} is too small for {spec.name}")
+            layers += [nn.Conv2d(channels, out, kernel, stride, padding), ACTIVATIONS[spec.activation]()]
+            channels = out
+        else:
+            if features is None:
+                layers.append(nn.Flatten())
+                features = channels * height * width
+            layers += [nn.Linear(features, item), ACTIVATIONS[spec.activation]()]
+            features = item
+    if features is None:
+        layers.append(nn.Flatten())
+        features = channels * height * width
+    layers.append(nn.Linear(features, spec.num_classes))
+    return layers
+
+
+@torch.no_grad()
+def initialise(model: nn.Module, init: str, generator: torch.Generator) -> None:
+    """Seeded weight initialisation of every conv and dense layer; biases start at zero except for 'pytorch'."""
+    for layer in model.modules():
+        if not isinstance(layer, nn.Conv2d | nn.Linear):
+            continue
+        if init == "glorot_uniform":
+            nn.init.xavier_uniform_(layer.weight, generator=generator)
+        elif init == "orthogonal":
+            nn.init.orthogonal_(layer.weight, generator=generator)
+        else:
+            nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
+            bound = 1 / layer.weight[0].numel() ** 0.5
+            layer.bias.uniform_(-bound, bound, generator=generator)
+            continue
+        layer.bias.zero_()

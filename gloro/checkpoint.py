@@ -1,0 +1,85 @@
+"""One-file checkpoints: weights, power-iteration iterates, architecture, ε, input shape and input scaling.
+
+`load(path)` rebuilds the GloroNet with no other configuration. Files are written atomically (a temporary
+file renamed on success), so an interrupted save never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from gloro.architectures import ArchitectureSpec, create_model
+from gloro.gloro_net import GloroNet
+
+FORMAT = "gloro-bench checkpoint v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match what it claims to hold."""
+
+
+def save(net: GloroNet, path: str | os.PathLike, *, input_divisor: float, metadata: Mapping | None = None) -> Path:
+    """Write `net` to `path`; raw inputs are divided by `input_divisor` to reach the model's [0, 1] scale."""
+    if net.architecture is None:
+        raise ValueError(
+            "gloro.save needs a model built by gloro.create_model (its architecture is what load rebuilds); "
+            "for a hand-built model save net.state_dict() with torch.save"
+        )
+    if not input_divisor > 0:
+        raise ValueError(f"input_divisor must be > 0, got {input_divisor}")
+    payload = {
+        "format": FORMAT,
+        "architecture": net.architecture.to_dict(),
+        "epsilon": net.epsilon,
+        "eval_epsilon": net.eval_epsilon,
+        "input_shape": list(net.input_shape),
+        "power_iterations": net.power_iterations,
+        "input_divisor": float(input_divisor),
+        "metadata": dict(metadata or {}),
+        "torch_version": torch.__version__,
+        "state_dict": {key: value.detach().cpu() for key, value in net.state_dict().items()},
+    }
+    return atomic_torch_save(payload, Path(path))
+
+
+def atomic_torch_save(payload: object, path: Path) -> Path:
+    """torch.save to a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> GloroNet:
+    """Rebuild the GloroNet saved at `path` (in eval mode), with its metadata in `net.metadata`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train the model first or check the path")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a {FORMAT!r} file (found {found!r}); was it written by gloro.save?")
+    try:
+        spec = ArchitectureSpec(**{**payload["architecture"], "input_shape": tuple(payload["architecture"]["input_shape"])})
+        model = create_model(spec.name, spec.input_shape, spec.num_classes, activation=spec.activation, init=spec.init)
+        net = GloroNet(model, payload["epsilon"], input_shape=payload["input_shape"],
+                       eval_epsilon=payload["eval_epsilon"], power_iterations=payload["power_iterations"])
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path} does not match the model it describes: {error}") from error
+    net.metadata = {"input_divisor": payload["input_divisor"], **payload["metadata"]}
+    return net.to(map_location).eval()

@@ -1,0 +1,18 @@
+"""Layers that GloRo Nets use beyond torch.nn: the MinMax (GroupSort-2) activation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MinMax(nn.Module):
+    """GroupSort of adjacent channel pairs: (a, b) -> (min, max). Gradient-norm preserving, Lipschitz 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        if channels % 2:
+            raise ValueError(f"MinMax needs an even number of channels, got {channels}")
+        pairs = x.unflatten(1, (channels // 2, 2))
+        low, high = pairs.min(dim=2, keepdim=True).values, pairs.max(dim=2, keepdim=True).values
+        return torch.cat((low, high), dim=2).flatten(1, 2)

@@ -1,0 +1,243 @@
+"""Per-layer ℓ2 Lipschitz bounds: power-iteration estimates for training, sound upper bounds for certificates.
+
+Power iteration approaches a spectral norm from below, so it is what training uses (cheap, differentiable,
+its iterate kept as a buffer so it persists across steps and in checkpoints) but never what a certificate
+rests on. The sound bound is exact for Linear (SVD) and, for Conv2d and AvgPool2d, either an exact SVD of
+the explicit operator at the layer's real input shape (when small) or the polyphase circulant bound of
+`conv2d_circulant_bound`, which is provably never below the true norm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from gloro.layers import MinMax
+
+# Explicit operators up to this many entries (in x out) are bounded by an exact eigen-decomposition.
+EXPLICIT_OPERATOR_MAX_ENTRIES = 1 << 24
+
+
+class UnsupportedLayerError(TypeError):
+    """A layer for which no Lipschitz bound is known: counting it as 1 would make certificates unsound."""
+
+
+class LayerBound(nn.Module):
+    """Lipschitz bound of one layer; `layer` is passed in so the bound never owns the layer's weights."""
+
+    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
+        """Training-time value, differentiable in the layer's weights; advances any iterate `iterations` steps."""
+        raise NotImplementedError
+
+    def sound(self, layer: nn.Module) -> torch.Tensor:
+        """A guaranteed upper bound on the layer's ℓ2 Lipschitz constant, as a float64 scalar."""
+        raise NotImplementedError
+
+
+class ConstantBound(LayerBound):
+    """A layer with a fixed, exactly known Lipschitz constant (activations, reshapes, average pooling)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.tensor(float(value)), persistent=False)
+
+    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
+        return self.value
+
+    def sound(self, layer: nn.Module) -> torch.Tensor:
+        return self.value.double()
+
+
+class PowerIterationBound(LayerBound):
+    """Power iteration on AᵀA for a linear operator A, with a persistent iterate of A's input shape."""
+
+    def __init__(self, input_shape: Sequence[int], generator: torch.Generator | None) -> None:
+        super().__init__()
+        start = torch.randn((1, *input_shape), generator=generator)
+        self.register_buffer("iterate", start / start.norm())
+
+    def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A x."""
+        raise NotImplementedError
+
+    def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Aᵀ y."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def advance(self, weight: torch.Tensor, iterations: int) -> None:
+        """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖."""
+        x = self.iterate
+        for _ in range(iterations):
+            x = self.adjoint(self.operator(x, weight), weight)
+            norm = x.norm()
+            if norm == 0:  # A is zero: keep the old direction rather than dividing by zero
+                return
+            x = x / norm
+        self.iterate.copy_(x)
+
+    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
+        """σ ≈ ‖A x‖ at the unit iterate x; its gradient is u xᵀ, the spectral norm's gradient at convergence."""
+        if iterations:
+            self.advance(layer.weight.detach(), iterations)
+        return torch.linalg.vector_norm(self.operator(self.iterate, layer.weight))
+
+
+class LinearBound(PowerIterationBound):
+    """nn.Linear: A = W (the bias does not change the Lipschitz constant)."""
+
+    def __init__(self, layer: nn.Linear, generator: torch.Generator | None) -> None:
+        super().__init__((layer.in_features,), generator)
+
+    def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight)
+
+    def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return y @ weight
+
+    def sound(self, layer: nn.Module) -> torch.Tensor:
+        return torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2)
+
+
+class Conv2dBound(PowerIterationBound):
+    """nn.Conv2d as the padded, strided operator at the layer's real input shape (C, H, W)."""
+
+    def __init__(self, layer: nn.Conv2d, input_shape: Sequence[int], generator: torch.Generator | None) -> None:
+        check_plain_conv(layer)
+        super().__init__(input_shape, generator)
+        self.input_shape = tuple(input_shape)
+        self.stride = _pair(layer.stride)
+        self.padding = conv_padding(layer)
+        out_hw = conv_output_hw(self.input_shape[1:], layer.kernel_size, self.stride, self.padding)
+        self.output_padding = tuple(
+            size - ((out - 1) * s - 2 * p + k)
+            for size, out, s, p, k in zip(self.input_shape[1:], out_hw, self.stride, self.padding, layer.kernel_size)
+        )
+
+    def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, weight, None, self.stride, self.padding)
+
+    def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(y, weight, None, self.stride, self.padding, self.output_padding)
+
+    def sound(self, layer: nn.Module) -> torch.Tensor:
+        return conv2d_sound_norm(layer.weight, self.input_shape, self.stride, self.padding)
+
+
+def check_plain_conv(layer: nn.Conv2d) -> None:
+    """Reject Conv2d options whose operator the bounds here do not model."""
+    if layer.groups != 1 or _pair(layer.dilation) != (1, 1) or layer.padding_mode != "zeros":
+        raise UnsupportedLayerError(
+            f"{layer!r}: Lipschitz bounds support Conv2d with groups=1, dilation=1 and padding_mode='zeros' "
+            "only; rebuild the layer with those settings"
+        )
+
+
+def conv_padding(layer: nn.Conv2d) -> tuple[int, int]:
+    """The layer's symmetric zero padding as integers ('valid' is 0; 'same' needs odd kernels)."""
+    if layer.padding == "valid":
+        return (0, 0)
+    if layer.padding == "same":
+        if any(k % 2 == 0 for k in layer.kernel_size):
+            raise UnsupportedLayerError(
+                f"{layer!r}: padding='same' with an even kernel pads asymmetrically; pass integer padding instead"
+            )
+        return tuple(k // 2 for k in layer.kernel_size)
+    return _pair(layer.padding)
+
+
+def conv_output_hw(
+    input_hw: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> tuple[int, ...]:
+    """Spatial output size of a zero-padded, strided convolution."""
+    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(input_hw, kernel, stride, padding))
+
+
+def explicit_operator_norm(
+    operator: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int], device: torch.device | None = None
+) -> torch.Tensor:
+    """Exact ‖A‖₂ of a linear map by building its matrix (float64) and an eigen-decomposition of its Gram."""
+    n_in = math.prod(input_shape)
+    basis = torch.eye(n_in, dtype=torch.float64, device=device).view(n_in, *input_shape)
+    matrix = operator(basis).flatten(1)  # row i = A e_i, so this is Aᵀ
+    gram = matrix.T @ matrix if matrix.shape[1] < n_in else matrix @ matrix.T
+    return torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt()
+
+
+def conv2d_circulant_bound(
+    weight: torch.Tensor, input_hw: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> torch.Tensor:
+    """Upper bound on a zero-padded, strided conv's ℓ2 norm via a circular conv on its polyphase form.
+
+    A stride-s conv equals a stride-1 conv on the space-to-depth (polyphase) input with C·s² channels; the
+    zero-padded input embeds isometrically into an N×N torus large enough that no nonzero tap wraps, so the
+    conv is a restriction of a circular conv, whose norm is max over DFT frequencies of σ_max(K̂(ω)).
+    """
+    w = weight.detach().double()
+    out_ch, in_ch, kh, kw = w.shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    taps_h, taps_w = math.ceil(kh / sh), math.ceil(kw / sw)
+    w = F.pad(w, (0, taps_w * sw - kw, 0, taps_h * sh - kh))
+    w = w.view(out_ch, in_ch, taps_h, sh, taps_w, sw).permute(0, 1, 3, 5, 2, 4)
+    w = w.reshape(out_ch, in_ch * sh * sw, taps_h, taps_w)
+    n_h = max(math.ceil((input_hw[0] + 2 * ph) / sh), taps_h)
+    n_w = max(math.ceil((input_hw[1] + 2 * pw) / sw), taps_w)
+    spectrum = torch.fft.fft2(w, s=(n_h, n_w)).permute(2, 3, 0, 1)
+    return torch.linalg.matrix_norm(spectrum, ord=2).max()
+
+
+def conv2d_sound_norm(
+    weight: torch.Tensor, input_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> torch.Tensor:
+    """Sound ‖conv‖₂ at input shape (C, H, W): exact when the explicit operator is small, else circulant."""
+    w = weight.detach().double()
+    out_hw = conv_output_hw(input_shape[1:], w.shape[2:], stride, padding)
+    entries = math.prod(input_shape) * w.shape[0] * math.prod(out_hw)
+    if entries <= EXPLICIT_OPERATOR_MAX_ENTRIES:
+        return explicit_operator_norm(lambda x: F.conv2d(x, w, None, stride, padding), input_shape, w.device)
+    return conv2d_circulant_bound(w, input_shape[1:], stride, padding)
+
+
+def avg_pool2d_norm(layer: nn.AvgPool2d, input_shape: Sequence[int]) -> float:
+    """AvgPool2d's norm: a depthwise conv with a k×k kernel of 1/k², so one channel's operator suffices."""
+    if layer.ceil_mode or layer.divisor_override is not None or (_pair(layer.padding) != (0, 0)
+                                                                  and not layer.count_include_pad):
+        raise UnsupportedLayerError(
+            f"{layer!r}: only AvgPool2d with ceil_mode=False, no divisor_override and count_include_pad=True "
+            "(or no padding) is a fixed linear map that can be bounded"
+        )
+    kh, kw = _pair(layer.kernel_size)
+    kernel = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
+    stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
+    return float(conv2d_sound_norm(kernel, (1, *input_shape[1:]), stride, _pair(layer.padding)))
+
+
+UNIT_LAYERS = (nn.ReLU, MinMax, nn.Flatten, nn.Identity)
+
+
+def bound_for(layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None = None) -> LayerBound:
+    """The Lipschitz bound of `layer` acting on inputs of shape `input_shape` (without the batch axis).
+
+    Types are matched exactly, not by subclass: a subclass may change forward and so the constant.
+    """
+    kind = type(layer)
+    if kind in UNIT_LAYERS:
+        return ConstantBound(1.0)
+    if kind is nn.Linear:
+        return LinearBound(layer, generator)
+    if kind is nn.Conv2d:
+        if len(input_shape) != 3:
+            raise ValueError(f"{layer!r} needs a (C, H, W) input shape, got {tuple(input_shape)}")
+        return Conv2dBound(layer, input_shape, generator)
+    if kind is nn.AvgPool2d:
+        return ConstantBound(avg_pool2d_norm(layer, input_shape))
+    supported = ", ".join(t.__name__ for t in (*UNIT_LAYERS, nn.Linear, nn.Conv2d, nn.AvgPool2d))
+    raise UnsupportedLayerError(
+        f"no Lipschitz bound is known for layer {kind.__name__} ({layer!r}); supported layers: {supported}. "
+        "Counting it as 1 would make certificates unsound: replace the layer or add a bound for it."
+    )

@@ -1,0 +1,99 @@
+"""Schedules of ε, λ and the learning rate: small pure functions of the epoch (0-based).
+
+Each is a frozen dataclass so a config can name it and a checkpoint can record it; calling it with an
+epoch gives the value. `schedule_from_config` builds one from a mapping such as {"kind": "linear", ...}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class Constant:
+    """The same value at every epoch."""
+
+    value: float
+
+    def __call__(self, epoch: int) -> float:
+        return float(self.value)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """Linear from `start` (epoch 0) to `end` (epoch `epochs` − 1), then `end`: np.linspace(start, end, epochs)[e]."""
+
+    start: float
+    end: float
+    epochs: int
+
+    def __call__(self, epoch: int) -> float:
+        if epoch >= self.epochs - 1:
+            return float(self.end)
+        return self.start + (self.end - self.start) * epoch / (self.epochs - 1)
+
+
+@dataclass(frozen=True)
+class LogarithmicHalf:
+    """The CIFAR ε schedule: ε_e = final·ln((e − e^0.01)·t/(E/2) + e^0.01) up to half of `epochs`, then final."""
+
+    final: float
+    epochs: int
+    start_fraction: float = 0.01
+
+    def __call__(self, epoch: int) -> float:
+        half = self.epochs / 2
+        if epoch >= half:
+            return float(self.final)
+        low = math.exp(self.start_fraction)
+        return self.final * math.log((math.e - low) * epoch / half + low)
+
+
+@dataclass(frozen=True)
+class DecayAfterHalf:
+    """Learning rate: `initial` for the first half of `epochs`, then exponential decay reaching ≈`final` at the end.
+
+    lr_e = initial·(initial/final)^(−(e − E/2)/(E/2)); the decay really starts after half (the official
+    tools' 'decay_after_half' string was shadowed by 'decay' and decayed from epoch 0).
+    """
+
+    initial: float
+    final: float
+    epochs: int
+
+    def __call__(self, epoch: int) -> float:
+        half = self.epochs / 2
+        if epoch < half:
+            return float(self.initial)
+        return self.initial * (self.initial / self.final) ** (-(epoch - half) / half)
+
+
+SCHEDULES = {"constant": Constant, "linear": Linear, "logarithmic_half": LogarithmicHalf,
+             "decay_after_half": DecayAfterHalf}
+Schedule = Constant | Linear | LogarithmicHalf | DecayAfterHalf
+
+
+def schedule_from_config(spec: float | Mapping) -> Schedule:
+    """A schedule from a number (constant) or a mapping {"kind": name, **parameters}; errors name the problem."""
+    if isinstance(spec, int | float):
+        return Constant(float(spec))
+    params = dict(spec)
+    kind = params.pop("kind", None)
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULES)}")
+    cls = SCHEDULES[kind]
+    expected = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING}
+    if unknown := set(params) - expected:
+        raise ValueError(f"schedule {kind!r} got unknown parameters {sorted(unknown)}; it takes {sorted(expected)}")
+    if missing := required - set(params):
+        raise ValueError(f"schedule {kind!r} is missing parameters {sorted(missing)}")
+    return cls(**params)
+
+
+def schedule_to_config(schedule: Schedule) -> dict:
+    """The inverse of `schedule_from_config`, for recording a run's settings."""
+    kind = next(name for name, cls in SCHEDULES.items() if isinstance(schedule, cls))
+    return {"kind": kind, **asdict(schedule)}

@@ -68,8 +68,9 @@ def create_model(
     `init`: 'glorot_uniform' with zero biases (Keras' default, used by the paper's MNIST and Tiny runs),
     'orthogonal' (the CIFAR GloRo run), or 'pytorch' (torch.nn defaults).
     """
-    spec = ArchitectureSpec(canonical_name(name), tuple(int(n) for n in input_shape), int(num_classes),
-                            activation.lower(), init.lower())
+    spec = ArchitectureSpec(
+        canonical_name(name), tuple(int(n) for n in input_shape), int(num_classes), activation.lower(), init.lower()
+    )
     if spec.activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if spec.init not in INITS:

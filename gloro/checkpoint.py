@@ -74,10 +74,17 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> G
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path} is not a {FORMAT!r} file (found {found!r}); was it written by gloro.save?")
     try:
-        spec = ArchitectureSpec(**{**payload["architecture"], "input_shape": tuple(payload["architecture"]["input_shape"])})
+        spec = ArchitectureSpec(
+            **{**payload["architecture"], "input_shape": tuple(payload["architecture"]["input_shape"])}
+        )
         model = create_model(spec.name, spec.input_shape, spec.num_classes, activation=spec.activation, init=spec.init)
-        net = GloroNet(model, payload["epsilon"], input_shape=payload["input_shape"],
-                       eval_epsilon=payload["eval_epsilon"], power_iterations=payload["power_iterations"])
+        net = GloroNet(
+            model,
+            payload["epsilon"],
+            input_shape=payload["input_shape"],
+            eval_epsilon=payload["eval_epsilon"],
+            power_iterations=payload["power_iterations"],
+        )
         net.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path} does not match the model it describes: {error}") from error

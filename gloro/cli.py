@@ -25,10 +25,13 @@ def demo(args: argparse.Namespace) -> int:
     x_test, y_test = load_digits("test")
     model = create_model(args.architecture, (1, 8, 8), 10, activation=args.activation, seed=args.seed)
     net = GloroNet(model, args.train_epsilon, eval_epsilon=args.epsilon, power_iterations=10, seed=args.seed)
-    recipe = TrainingRecipe(epochs=args.epochs, batch_size=64, seed=args.seed,
-                            learning_rate=DecayAfterHalf(1e-3, 1e-5, args.epochs))
-    print(f"training {args.architecture} on digits ({len(y_train)} images), "
-          f"train eps={args.train_epsilon}, eval eps={args.epsilon}")
+    recipe = TrainingRecipe(
+        epochs=args.epochs, batch_size=64, seed=args.seed, learning_rate=DecayAfterHalf(1e-3, 1e-5, args.epochs)
+    )
+    print(
+        f"training {args.architecture} on digits ({len(y_train)} images), "
+        f"train eps={args.train_epsilon}, eval eps={args.epsilon}"
+    )
     history = train(net, x_train, y_train, recipe, progress=not args.quiet)
     start = time.perf_counter()
     net.freeze()

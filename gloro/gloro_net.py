@@ -188,6 +188,7 @@ class GloroNet(nn.Module):
         Warns when `max_iterations` is reached first: estimates then lie further below the true norms (the
         sound bounds that certify uses do not depend on convergence).
         """
+
         def estimate(iterations: int) -> torch.Tensor:
             return math.prod(float(b.estimate(layer, iterations)) for b, layer in zip(self.bounds, self.layers))
 
@@ -219,8 +220,14 @@ class GloroNet(nn.Module):
         with torch.no_grad():
             for layer, bound in zip(self.layers, self.bounds):
                 estimate, sound = float(bound.estimate(layer, 0)), float(bound.sound(layer))
-                rows.append({"layer": repr(layer), "estimate": estimate, "sound": sound,
-                             "ratio": sound / estimate if estimate else math.inf})
+                rows.append(
+                    {
+                        "layer": repr(layer),
+                        "estimate": estimate,
+                        "sound": sound,
+                        "ratio": sound / estimate if estimate else math.inf,
+                    }
+                )
         return rows
 
 
@@ -232,4 +239,3 @@ def infer_input_shape(layers: Sequence[nn.Module], architecture) -> tuple[int, .
     if type(first) is nn.Linear and not any(isinstance(layer, nn.Conv2d | nn.AvgPool2d) for layer in layers):
         return (first.in_features,)
     raise ValueError("GloroNet needs input_shape=(C, H, W): convolutions are bounded at their real input size")
-

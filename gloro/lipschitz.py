@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -205,8 +205,11 @@ def conv2d_sound_norm(
 
 def avg_pool2d_norm(layer: nn.AvgPool2d, input_shape: Sequence[int]) -> float:
     """AvgPool2d's norm: a depthwise conv with a k×k kernel of 1/k², so one channel's operator suffices."""
-    if layer.ceil_mode or layer.divisor_override is not None or (_pair(layer.padding) != (0, 0)
-                                                                  and not layer.count_include_pad):
+    if (
+        layer.ceil_mode
+        or layer.divisor_override is not None
+        or (_pair(layer.padding) != (0, 0) and not layer.count_include_pad)
+    ):
         raise UnsupportedLayerError(
             f"{layer!r}: only AvgPool2d with ceil_mode=False, no divisor_override and count_include_pad=True "
             "(or no padding) is a fixed linear map that can be bounded"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 ROBUST_TERMS = ("ce", "kl")
 KL_CLIP = 1e-7  # Keras' KLDivergence clips both distributions to [1e-7, 1]; the paper's Tiny runs used it
@@ -14,9 +14,7 @@ def gloro_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, labels)
 
 
-def gloro_trades(
-    logits: torch.Tensor, labels: torch.Tensor, lam: float, robust_term: str = "ce"
-) -> torch.Tensor:
+def gloro_trades(logits: torch.Tensor, labels: torch.Tensor, lam: float, robust_term: str = "ce") -> torch.Tensor:
     """GloRo-T: CE(y, label) + λ·D(p, q), p = [softmax(y), 0], q = softmax([y, y_⊥]).
 
     D is cross-entropy ('ce') or Keras-style clipped KL ('kl'); as in the paper's code the target p is not

@@ -70,8 +70,12 @@ class DecayAfterHalf:
         return self.initial * (self.initial / self.final) ** (-(epoch - half) / half)
 
 
-SCHEDULES = {"constant": Constant, "linear": Linear, "logarithmic_half": LogarithmicHalf,
-             "decay_after_half": DecayAfterHalf}
+SCHEDULES = {
+    "constant": Constant,
+    "linear": Linear,
+    "logarithmic_half": LogarithmicHalf,
+    "decay_after_half": DecayAfterHalf,
+}
 Schedule = Constant | Linear | LogarithmicHalf | DecayAfterHalf
 
 

@@ -65,8 +65,15 @@ def train(
         start = time.perf_counter()
         totals = train_epoch(net, images, labels, optimizer, recipe, lam, generator, device)
         seconds = time.perf_counter() - start
-        row = {"epoch": epoch, **totals, "epsilon": net.epsilon, "lambda": lam if recipe.loss == "trades" else None,
-               "lr": lr, "seconds": seconds, "images_per_second": len(labels) / seconds}
+        row = {
+            "epoch": epoch,
+            **totals,
+            "epsilon": net.epsilon,
+            "lambda": lam if recipe.loss == "trades" else None,
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_second": len(labels) / seconds,
+        }
         history.append(row)
         epochs.set_postfix(loss=f"{row['loss']:.3f}", vra=f"{row['vra']:.3f}")
         if on_epoch is not None:
@@ -74,8 +81,16 @@ def train(
     return history
 
 
-def train_epoch(net: GloroNet, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
-                recipe: TrainingRecipe, lam: float, generator: torch.Generator, device) -> dict:
+def train_epoch(
+    net: GloroNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    recipe: TrainingRecipe,
+    lam: float,
+    generator: torch.Generator,
+    device,
+) -> dict:
     """One pass over a seeded shuffle; returns the mean loss, clean accuracy and VRA over the batches."""
     order = torch.randperm(len(labels), generator=generator)
     loss_sum = correct = robust = 0.0

@@ -44,13 +44,14 @@ class ConstantBound(LayerBound):
 
     def __init__(self, value: float) -> None:
         super().__init__()
-        self.register_buffer("value", torch.tensor(float(value)), persistent=False)
+        self.sound_value = float(value)  # kept in double precision: a float32 copy may round below it
+        self.register_buffer("value", torch.tensor(self.sound_value), persistent=False)
 
     def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
         return self.value
 
     def sound(self, layer: nn.Module) -> torch.Tensor:
-        return self.value.double()
+        return torch.tensor(self.sound_value, dtype=torch.float64, device=self.value.device)
 
 
 class PowerIterationBound(LayerBound):

@@ -1,0 +1,153 @@
+"""Per-layer bounds against exact spectral norms of the explicit operators."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import gloro
+from gloro.lipschitz import Conv2dBound, LinearBound, bound_for, conv2d_circulant_bound
+
+
+def exact_norm(layer: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """Largest singular value of the layer's Jacobian (the bias-free linear map) at one input, in float64."""
+    layer = layer.double()
+    x = torch.rand(input_shape, dtype=torch.float64)
+    jacobian = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0], x)
+    matrix = jacobian.reshape(jacobian[(0,) * (jacobian.dim() - x.dim())].numel() and -1, x.numel())
+    return float(torch.linalg.svdvals(matrix)[0])
+
+
+def converged(bound, layer: nn.Module, max_iterations: int = 3000, tol: float = 1e-7) -> float:
+    """Power iteration until the estimate moves by less than `tol` (relative) over 25 steps."""
+    previous = 0.0
+    with torch.no_grad():
+        for _ in range(0, max_iterations, 25):
+            current = float(bound.estimate(layer, 25))
+            if abs(current - previous) <= tol * current:
+                break
+            previous = current
+    return current
+
+
+conv_cases = st.tuples(
+    st.integers(1, 3),  # in channels
+    st.integers(1, 4),  # out channels
+    st.integers(1, 5),  # kernel
+    st.integers(1, 3),  # stride
+    st.integers(0, 2),  # padding
+    st.integers(4, 9),  # height
+    st.integers(4, 9),  # width
+).filter(lambda c: c[2] <= c[5] + 2 * c[4] and c[2] <= c[6] + 2 * c[4])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=conv_cases, seed=st.integers(0, 2**16))
+def test_conv_power_iteration_and_sound_bound_match_exact_norm(case, seed):
+    c_in, c_out, kernel, stride, padding, height, width = case
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(c_in, c_out, kernel, stride, padding)
+    shape = (c_in, height, width)
+    exact = exact_norm(layer, shape)
+    layer = layer.float()
+    bound = Conv2dBound(layer, shape, torch.Generator().manual_seed(seed))
+    assert converged(bound, layer) == pytest.approx(exact, rel=1e-3)
+    assert float(bound.sound(layer)) >= exact * (1 - 1e-9)
+    circulant = float(conv2d_circulant_bound(layer.weight, shape[1:], (stride, stride), (padding, padding)))
+    assert circulant >= exact * (1 - 1e-9)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "stride", "size"), [(3, 32, 3, 1, 32), (32, 32, 4, 2, 32), (16, 32, 4, 2, 14)]
+)
+def test_circulant_bound_is_sound_and_tight_on_paper_layers(c_in, c_out, kernel, stride, size):
+    torch.manual_seed(0)
+    layer = nn.Conv2d(c_in, c_out, kernel, stride, 1)
+    bound = Conv2dBound(layer, (c_in, size, size), torch.Generator().manual_seed(0))
+    estimate = converged(bound, layer, 1000, tol=1e-6)
+    circulant = float(conv2d_circulant_bound(layer.weight, (size, size), (stride, stride), (1, 1)))
+    assert estimate <= circulant * (1 + 1e-5)
+    assert circulant <= 1.25 * estimate  # sound, yet close enough to certify with
+
+
+def test_strided_bound_is_much_tighter_than_the_stride_one_operator():
+    torch.manual_seed(1)
+    layer = nn.Conv2d(8, 8, 4, 2, 1)
+    strided = float(conv2d_circulant_bound(layer.weight, (16, 16), (2, 2), (1, 1)))
+    unstrided = float(conv2d_circulant_bound(layer.weight, (16, 16), (1, 1), (1, 1)))
+    exact = exact_norm(layer, (8, 16, 16))
+    assert exact <= strided < 0.8 * unstrided
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(7, 3), (30, 50), (128, 10)])
+def test_linear_bounds_equal_the_largest_singular_value(n_in, n_out):
+    torch.manual_seed(n_in)
+    layer = nn.Linear(n_in, n_out)
+    exact = float(torch.linalg.svdvals(layer.weight.detach().double())[0])
+    bound = LinearBound(layer, torch.Generator().manual_seed(0))
+    assert float(bound.sound(layer)) == pytest.approx(exact, rel=1e-12)
+    assert converged(bound, layer) == pytest.approx(exact, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"), [(2, 2, 0, 8), (3, 1, 1, 7), (3, 2, 1, 9), (4, 4, 0, 16)]
+)
+def test_avg_pool_bound_is_its_exact_norm(kernel, stride, padding, size):
+    layer = nn.AvgPool2d(kernel, stride, padding)
+    bound = bound_for(layer, (2, size, size))
+    assert float(bound.sound(layer)) == pytest.approx(exact_norm(layer, (2, size, size)), rel=1e-9)
+    if stride == kernel and padding == 0:
+        assert float(bound.sound(layer)) == pytest.approx(1 / kernel)
+
+
+@pytest.mark.parametrize("layer", [nn.ReLU(), gloro.MinMax(), nn.Flatten(), nn.Identity()])
+def test_unit_layers_are_one_lipschitz(layer):
+    bound = bound_for(layer, (4, 3, 3))
+    assert float(bound.sound(layer)) == 1.0
+    x1, x2 = torch.randn(256, 4, 3, 3), torch.randn(256, 4, 3, 3)
+    ratio = (layer(x1) - layer(x2)).flatten(1).norm(dim=1) / (x1 - x2).flatten(1).norm(dim=1)
+    assert float(ratio.max()) <= 1 + 1e-6
+
+
+def test_minmax_sorts_adjacent_channel_pairs():
+    x = torch.tensor([[3.0, 1.0, -2.0, 5.0]])
+    assert gloro.MinMax()(x).tolist() == [[1.0, 3.0, -2.0, 5.0]]
+    with pytest.raises(ValueError, match="even number of channels"):
+        gloro.MinMax()(torch.ones(1, 3))
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 3 * super().forward(x)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.Tanh(), nn.BatchNorm2d(3), nn.MaxPool2d(2), ScaledLinear(4, 4), nn.Conv2d(4, 4, 3, groups=2),
+     nn.Conv2d(3, 3, 3, dilation=2), nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular")],
+)
+def test_layers_without_a_known_bound_raise_and_name_themselves(layer):
+    with pytest.raises(gloro.UnsupportedLayerError, match=type(layer).__name__):
+        bound_for(layer, (4, 8, 8))
+
+
+def test_iterates_are_buffers_that_training_advances():
+    layer = nn.Conv2d(2, 4, 3, 1, 1)
+    bound = Conv2dBound(layer, (2, 6, 6), torch.Generator().manual_seed(0))
+    assert "iterate" in bound.state_dict()
+    start = bound.iterate.clone()
+    bound.estimate(layer, 0)
+    assert torch.equal(bound.iterate, start)
+    bound.estimate(layer, 5)
+    assert not torch.equal(bound.iterate, start)
+    assert float(bound.iterate.norm()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_estimate_is_differentiable_in_the_weights():
+    layer = nn.Linear(6, 4)
+    bound = LinearBound(layer, torch.Generator().manual_seed(0))
+    bound.estimate(layer, 500).backward()
+    u, _, vh = torch.linalg.svd(layer.weight.detach())
+    expected = torch.outer(u[:, 0], vh[0])  # gradient of σ_max
+    assert torch.allclose(layer.weight.grad.abs(), expected.abs(), atol=1e-4)

@@ -41,7 +41,7 @@ def save(net: GloroNet, path: str | os.PathLike, *, input_divisor: float, metada
         "power_iterations": net.power_iterations,
         "input_divisor": float(input_divisor),
         "metadata": dict(metadata or {}),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "state_dict": {key: value.detach().cpu() for key, value in net.state_dict().items()},
     }
     return atomic_torch_save(payload, Path(path))
@@ -86,7 +86,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> G
             power_iterations=payload["power_iterations"],
         )
         net.load_state_dict(payload["state_dict"])
+        net.metadata = {**payload["metadata"], "input_divisor": float(payload["input_divisor"])}
     except (KeyError, TypeError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"{path} does not match the model it describes: {error}") from error
-    net.metadata = {"input_divisor": payload["input_divisor"], **payload["metadata"]}
+        raise CheckpointError(f"{path} does not match the model it describes: {error!r}") from error
     return net.to(map_location).eval()

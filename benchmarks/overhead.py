@@ -1,0 +1,114 @@
+"""Cost of GloRo over a plain network: certification vs forward throughput, GloRo vs plain training step.
+
+Targets (issue 2): certification throughput after freeze() ≥ 0.97 × plain forward throughput (batch
+1024); GloRo training step ≤ 1.2 × a plain training step (batch 256). Measurements are interleaved and the
+median of many repeats is reported, so a background load affects both sides alike.
+
+    .venv/bin/python benchmarks/overhead.py [--architectures 2C2F 6C2F] [--repeats 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import gloro
+
+SETTINGS = {  # input shape, power iterations per step (the paper's values)
+    "2C2F": ((1, 28, 28), 10),
+    "4C3F": ((1, 28, 28), 10),
+    "6C2F": ((3, 32, 32), 5),
+    "8C2F": ((3, 64, 64), 5),
+}
+
+
+def median_seconds(functions: dict[str, Callable[[], None]], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median wall time of each function, run round-robin so drift in machine load hits all alike."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def certification_ratio(architecture: str, batch_size: int, repeats: int) -> dict:
+    """Certified points per second after freeze() over plain forward passes per second."""
+    shape, iterations = SETTINGS[architecture]
+    net = gloro.GloroNet(gloro.create_model(architecture, shape, 10), 0.3, power_iterations=iterations).freeze()
+    x = torch.rand(batch_size, *shape)
+
+    @torch.no_grad()
+    def forward() -> None:
+        net.model(x)
+
+    def certify() -> None:
+        net.certify(x)
+
+    seconds = median_seconds({"forward": forward, "certify": certify}, repeats)
+    return {
+        "architecture": architecture,
+        "batch_size": batch_size,
+        "forward_per_second": batch_size / seconds["forward"],
+        "certified_per_second": batch_size / seconds["certify"],
+        "ratio": seconds["forward"] / seconds["certify"],
+    }
+
+
+def training_step_ratio(architecture: str, batch_size: int, repeats: int) -> dict:
+    """Seconds per GloRo training step over seconds per plain cross-entropy step, same network and batch."""
+    shape, iterations = SETTINGS[architecture]
+    net = gloro.GloroNet(gloro.create_model(architecture, shape, 10), 0.3, power_iterations=iterations).train()
+    plain = gloro.create_model(architecture, shape, 10).train()
+    gloro_optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=1e-4)
+    x, y = torch.rand(batch_size, *shape), torch.randint(0, 10, (batch_size,))
+
+    def gloro_step() -> None:
+        loss = gloro.gloro_cross_entropy(net(x), y)
+        gloro_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gloro_optimizer.step()
+
+    def plain_step() -> None:
+        loss = F.cross_entropy(plain(x), y)
+        plain_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_optimizer.step()
+
+    seconds = median_seconds({"plain": plain_step, "gloro": gloro_step}, repeats)
+    return {
+        "architecture": architecture,
+        "batch_size": batch_size,
+        "power_iterations": iterations,
+        "plain_step_seconds": seconds["plain"],
+        "gloro_step_seconds": seconds["gloro"],
+        "gloro_images_per_second": batch_size / seconds["gloro"],
+        "ratio": seconds["gloro"] / seconds["plain"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architectures", nargs="+", default=["2C2F", "6C2F"], choices=list(SETTINGS))
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "certification": [], "training": []}
+    for architecture in args.architectures:
+        results["certification"].append(certification_ratio(architecture, 1024, args.repeats))
+        results["training"].append(training_step_ratio(architecture, 256, args.repeats))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

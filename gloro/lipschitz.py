@@ -21,6 +21,8 @@ from gloro.layers import MinMax
 
 # Explicit operators up to this many entries (in x out) are bounded by an exact eigen-decomposition.
 EXPLICIT_OPERATOR_MAX_ENTRIES = 1 << 24
+# Conv power iteration runs as im2col matrix products when the column matrix has at most this many entries.
+IM2COL_MAX_ENTRIES = 1 << 15
 
 
 class UnsupportedLayerError(TypeError):
@@ -106,24 +108,37 @@ class LinearBound(PowerIterationBound):
 
 
 class Conv2dBound(PowerIterationBound):
-    """nn.Conv2d as the padded, strided operator at the layer's real input shape (C, H, W)."""
+    """nn.Conv2d as the padded, strided operator at the layer's real input shape (C, H, W).
+
+    Small operators iterate as im2col matrix products (unfold / fold), which at batch 1 cost a fraction of
+    a conv2d + conv_transpose2d dispatch; larger ones use the convolutions themselves.
+    """
 
     def __init__(self, layer: nn.Conv2d, input_shape: Sequence[int], generator: torch.Generator | None) -> None:
         check_plain_conv(layer)
         super().__init__(input_shape, generator)
         self.input_shape = tuple(input_shape)
+        self.kernel_size = _pair(layer.kernel_size)
         self.stride = _pair(layer.stride)
         self.padding = conv_padding(layer)
-        out_hw = conv_output_hw(self.input_shape[1:], layer.kernel_size, self.stride, self.padding)
+        out_hw = conv_output_hw(self.input_shape[1:], self.kernel_size, self.stride, self.padding)
         self.output_padding = tuple(
             size - ((out - 1) * s - 2 * p + k)
-            for size, out, s, p, k in zip(self.input_shape[1:], out_hw, self.stride, self.padding, layer.kernel_size)
+            for size, out, s, p, k in zip(self.input_shape[1:], out_hw, self.stride, self.padding, self.kernel_size)
         )
+        self.as_matrix = layer.weight[0].numel() * math.prod(out_hw) <= IM2COL_MAX_ENTRIES
 
     def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.as_matrix:
+            columns = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
+            return weight.flatten(1) @ columns
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
     def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.as_matrix:
+            columns = weight.flatten(1).T @ y
+            shape = self.input_shape[1:]
+            return F.fold(columns[None], shape, self.kernel_size, padding=self.padding, stride=self.stride)
         return F.conv_transpose2d(y, weight, None, self.stride, self.padding, self.output_padding)
 
     def sound(self, layer: nn.Module) -> torch.Tensor:

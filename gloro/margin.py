@@ -46,8 +46,7 @@ class Certificate:
 def certify_logits(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float) -> Certificate:
     """Certify in float64: radius = min_{i≠j} (y_j − y_i)/K_ij; certified ⇔ radius ≥ ε ⇔ y_j ≥ y_⊥."""
     y = logits.detach().double()
-    top = y.argmax(dim=1)
-    k_rows = margin_lipschitz.double()[top]
-    gaps = (y.gather(1, top[:, None]) - y) / k_rows
-    radius = gaps.scatter(1, top[:, None], float("inf")).min(dim=1).values
+    top_value, top = y.max(dim=1)
+    gaps = (top_value[:, None] - y) / margin_lipschitz.double()[top]
+    radius = gaps.scatter_(1, top[:, None], float("inf")).min(dim=1).values
     return Certificate(predictions=top, certified=radius >= epsilon, radius=radius)

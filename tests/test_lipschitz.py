@@ -51,8 +51,10 @@ def test_conv_power_iteration_and_sound_bound_match_exact_norm(case, seed):
     shape = (c_in, height, width)
     exact = exact_norm(layer, shape)
     layer = layer.float()
-    bound = Conv2dBound(layer, shape, torch.Generator().manual_seed(seed))
-    assert converged(bound, layer) == pytest.approx(exact, rel=1e-3)
+    for as_matrix in (True, False):  # im2col products and conv2d / conv_transpose2d: the same operator
+        bound = Conv2dBound(layer, shape, torch.Generator().manual_seed(seed))
+        bound.as_matrix = as_matrix
+        assert converged(bound, layer) == pytest.approx(exact, rel=1e-3)
     assert float(bound.sound(layer)) >= exact * (1 - 1e-9)
     circulant = float(conv2d_circulant_bound(layer.weight, shape[1:], (stride, stride), (padding, padding)))
     assert circulant >= exact * (1 - 1e-9)

@@ -2,7 +2,8 @@
 
 Targets (issue 2): certification throughput after freeze() ≥ 0.97 × plain forward throughput (batch
 1024); GloRo training step ≤ 1.2 × a plain training step (batch 256). Measurements are interleaved and the
-median of many repeats is reported, so a background load affects both sides alike.
+median of many repeats is reported, so a background load affects both sides alike. Training is timed with
+both networks in the default (NCHW) layout and both in channels_last, the layout `gloro.train` uses.
 
     .venv/bin/python benchmarks/overhead.py [--architectures 2C2F 6C2F] [--repeats 30]
 """
@@ -65,14 +66,18 @@ def certification_ratio(architecture: str, batch_size: int, repeats: int) -> dic
     }
 
 
-def training_step_ratio(architecture: str, batch_size: int, repeats: int) -> dict:
+def training_step_ratio(architecture: str, batch_size: int, repeats: int, channels_last: bool) -> dict:
     """Seconds per GloRo training step over seconds per plain cross-entropy step, same network and batch."""
     shape, iterations = SETTINGS[architecture]
     net = gloro.GloroNet(gloro.create_model(architecture, shape, 10), 0.3, power_iterations=iterations).train()
     plain = gloro.create_model(architecture, shape, 10).train()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net.model.to(memory_format=memory_format)
+    plain.to(memory_format=memory_format)
     gloro_optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     plain_optimizer = torch.optim.Adam(plain.parameters(), lr=1e-4)
-    x, y = torch.rand(batch_size, *shape), torch.randint(0, 10, (batch_size,))
+    x = torch.rand(batch_size, *shape).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 10, (batch_size,))
 
     def gloro_step() -> None:
         loss = gloro.gloro_cross_entropy(net(x), y)
@@ -91,6 +96,7 @@ def training_step_ratio(architecture: str, batch_size: int, repeats: int) -> dic
         "architecture": architecture,
         "batch_size": batch_size,
         "power_iterations": iterations,
+        "channels_last": channels_last,
         "plain_step_seconds": seconds["plain"],
         "gloro_step_seconds": seconds["gloro"],
         "gloro_images_per_second": batch_size / seconds["gloro"],
@@ -106,7 +112,8 @@ def main() -> None:
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "certification": [], "training": []}
     for architecture in args.architectures:
         results["certification"].append(certification_ratio(architecture, 1024, args.repeats))
-        results["training"].append(training_step_ratio(architecture, 256, args.repeats))
+        for channels_last in (False, True):
+            results["training"].append(training_step_ratio(architecture, 256, args.repeats, channels_last))
     print(json.dumps(results, indent=2))
 
 

@@ -52,6 +52,8 @@ def train(
     power-iteration K), epsilon, lambda, lr, seconds, images_per_second. `on_epoch` sees each row.
     """
     net.to(device).train()
+    memory_format = preferred_memory_format(net)
+    net.model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe.learning_rate(0), eps=1e-7)
     generator = torch.Generator().manual_seed(recipe.seed)
     history = []
@@ -63,7 +65,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         start = time.perf_counter()
-        totals = train_epoch(net, images, labels, optimizer, recipe, lam, generator, device)
+        totals = train_epoch(net, images, labels, optimizer, recipe, lam, generator, device, memory_format)
         seconds = time.perf_counter() - start
         row = {
             "epoch": epoch,
@@ -89,13 +91,15 @@ def train_epoch(
     recipe: TrainingRecipe,
     lam: float,
     generator: torch.Generator,
-    device,
+    device: str | torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict:
     """One pass over a seeded shuffle; returns the mean loss, clean accuracy and VRA over the batches."""
     order = torch.randperm(len(labels), generator=generator)
     loss_sum = correct = robust = 0.0
     for batch in order.split(recipe.batch_size):
-        x, y = images[batch].to(device, non_blocking=True), labels[batch].to(device, non_blocking=True)
+        x = images[batch].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        y = labels[batch].to(device, non_blocking=True)
         logits = net(x)
         if recipe.loss == "gloro":
             loss = gloro_cross_entropy(logits, y)
@@ -110,3 +114,9 @@ def train_epoch(
             robust += float((logits.argmax(1) == y).sum())
     n = len(labels)
     return {"loss": loss_sum / n, "clean_accuracy": correct / n, "vra": robust / n}
+
+
+def preferred_memory_format(net: GloroNet) -> torch.memory_format:
+    """channels_last for convolutional nets (oneDNN and cuDNN run their convs faster in NHWC), else contiguous."""
+    has_conv = any(isinstance(layer, torch.nn.Conv2d) for layer in net.layers)
+    return torch.channels_last if has_conv and len(net.input_shape) == 3 else torch.contiguous_format

@@ -74,15 +74,13 @@ class PowerIterationBound(LayerBound):
 
     @torch.no_grad()
     def advance(self, weight: torch.Tensor, iterations: int) -> None:
-        """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖."""
+        """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖ (no host sync inside the loop)."""
         x = self.iterate
         for _ in range(iterations):
             x = self.adjoint(self.operator(x, weight), weight)
-            norm = x.norm()
-            if norm == 0:  # A is zero: keep the old direction rather than dividing by zero
-                return
-            x = x / norm
-        self.iterate.copy_(x)
+            x = x / torch.linalg.vector_norm(x).clamp_min(1e-30)
+        # A zero operator maps everything to 0: keep the old direction rather than a zero iterate
+        self.iterate.copy_(torch.where(torch.linalg.vector_norm(x) > 0, x, self.iterate))
 
     def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
         """σ ≈ ‖A x‖ at the unit iterate x; its gradient is u xᵀ, the spectral norm's gradient at convergence."""

@@ -153,3 +153,13 @@ def test_estimate_is_differentiable_in_the_weights():
     u, _, vh = torch.linalg.svd(layer.weight.detach())
     expected = torch.outer(u[:, 0], vh[0])  # gradient of σ_max
     assert torch.allclose(layer.weight.grad.abs(), expected.abs(), atol=1e-4)
+
+
+def test_a_zero_operator_keeps_the_previous_iterate():
+    layer = nn.Linear(5, 3)
+    bound = LinearBound(layer, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        layer.weight.zero_()
+    start = bound.iterate.clone()
+    assert float(bound.estimate(layer, 10)) == 0.0
+    assert torch.equal(bound.iterate, start)

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import sklearn
 import torch
 from sklearn.datasets import load_digits as sklearn_digits
+
+from gloro.data.download import md5_file
+from gloro.data.sources import source_record
+from gloro.data.split import RawSplit
 
 DIGITS_DIVISOR = 16.0  # pixel values are 0..16
 DIGITS_TEST_SIZE = 360  # the last 360 of the 1797 images, an ordered split as the paper's loaders used
@@ -19,3 +28,28 @@ def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     cut = len(labels) - DIGITS_TEST_SIZE
     part = slice(None, cut) if split == "train" else slice(cut, None)
     return images[part].contiguous(), labels[part].contiguous()
+
+
+def bundled_file() -> str:
+    """Path of the file scikit-learn reads the digits from (its identity is the cache's fingerprint)."""
+    return str(resources.files("sklearn.datasets.data") / "digits.csv.gz")
+
+
+def read_split(split: str) -> RawSplit:
+    """The same split as `load_digits`, as uint8 pixels 0..16 with the bundled file's provenance."""
+    bunch = sklearn_digits()
+    images = bunch.images.astype(np.uint8)[:, None]
+    if not np.array_equal(images[:, 0], bunch.images):
+        raise ValueError("scikit-learn's digits are no longer integers 0..16; the uint8 copy would differ")
+    cut = len(bunch.target) - DIGITS_TEST_SIZE
+    part = slice(None, cut) if split == "train" else slice(cut, None)
+    path = bundled_file()
+    record = source_record("digits", path, {"digits.csv.gz": md5_file(path)})
+    record["package"] = f"scikit-learn {sklearn.__version__}"
+    return RawSplit(
+        images=np.ascontiguousarray(images[part]),
+        labels=bunch.target[part].astype(np.int64),
+        class_names=[str(digit) for digit in range(10)],
+        sources=[record],
+        fingerprint=[Path(path)],
+    )

@@ -1,0 +1,410 @@
+"""The data sets by name, where each is looked for, and the one cached file per data set and split.
+
+Sources, in order: (1) a local folder the user names (`data_dir`, or its sub-folder named after the data
+set) holding the official files; (2) a system copy (Debian's Fashion-MNIST); (3) the official files
+downloaded earlier into `<cache_dir>/downloads/<name>/`, else downloaded there now, checked against the
+published checksums. Preparation writes `<cache_dir>/<name>-<split>.pt`: uint8 images, int64 labels and
+metadata (class names, the sources' checksums, the source's fingerprint), so the next load takes a second.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from gloro.data import cifar, digits, idx, tiny_imagenet
+from gloro.data.download import download_file, md5_file, publish
+from gloro.data.errors import (
+    ChecksumError,
+    CorruptDataError,
+    DataError,
+    DatasetUnavailableError,
+    UnverifiedDataWarning,
+)
+from gloro.data.sources import RELEASES, Release
+from gloro.data.split import RawSplit, Split, Subset
+
+SPLITS = ("train", "test")
+CACHE_FORMAT = 1
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a data set is (shape, classes, official split sizes, pixel divisor) and how to find and read it.
+
+    `find(folder, split)` returns the source in `folder` (a folder or an archive) or None;
+    `read(location, split, progress)` reads it. `bundled` names a source shipped with a package (digits).
+    """
+
+    name: str
+    shape: tuple[int, int, int]
+    num_classes: int
+    sizes: dict[str, int]
+    divisor: float
+    description: str
+    find: Callable[[Path, str], Path | None]
+    read: Callable[[Path, str, bool], RawSplit]
+    class_names: tuple[str, ...] | None = None
+    release: Release | None = None
+    bundled: Callable[[], str] | None = None
+
+    def official_files(self) -> list[str]:
+        return [file.name for file in self.release.files] if self.release else []
+
+
+def _idx_spec(name: str, description: str, class_names: tuple[str, ...]) -> DatasetSpec:
+    shape = (1, 28, 28)
+    return DatasetSpec(
+        name=name,
+        shape=shape,
+        num_classes=10,
+        sizes={"train": 60000, "test": 10000},
+        divisor=255.0,
+        description=description,
+        find=idx.find,
+        read=lambda location, split, progress: idx.read_split(name, location, split, shape, 10),
+        class_names=class_names,
+        release=RELEASES[name],
+    )
+
+
+def _cifar_spec(name: str, num_classes: int, description: str) -> DatasetSpec:
+    shape = (3, 32, 32)
+    return DatasetSpec(
+        name=name,
+        shape=shape,
+        num_classes=num_classes,
+        sizes={"train": 50000, "test": 10000},
+        divisor=255.0,
+        description=description,
+        find=partial(cifar.find, name),
+        read=lambda location, split, progress: cifar.read_split(name, location, split, shape, num_classes),
+        release=RELEASES[name],
+    )
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        _idx_spec("mnist", "MNIST handwritten digits, 28×28 grey", tuple(str(digit) for digit in range(10))),
+        _idx_spec("fashion-mnist", "Zalando's Fashion-MNIST, 28×28 grey", FASHION_CLASSES),
+        _cifar_spec("cifar10", 10, "CIFAR-10, 32×32 colour"),
+        _cifar_spec("cifar100", 100, "CIFAR-100 (fine labels), 32×32 colour"),
+        DatasetSpec(
+            name="tiny-imagenet",
+            shape=(3, 64, 64),
+            num_classes=200,
+            sizes={"train": 100000, "test": 10000},
+            divisor=255.0,
+            description="Tiny-ImageNet-200, 64×64 colour; 'test' is the labelled validation set",
+            find=tiny_imagenet.find,
+            read=lambda location, split, progress: tiny_imagenet.read_split(
+                "tiny-imagenet", location, split, (3, 64, 64), 200, progress
+            ),
+            release=RELEASES["tiny-imagenet"],
+        ),
+        DatasetSpec(
+            name="digits",
+            shape=(1, 8, 8),
+            num_classes=10,
+            sizes={"train": 1437, "test": 360},
+            divisor=digits.DIGITS_DIVISOR,
+            description="scikit-learn's bundled 8×8 digits (no download), pixels 0..16",
+            find=lambda folder, split: None,
+            read=lambda location, split, progress: digits.read_split(split),
+            bundled=digits.bundled_file,
+        ),
+    )
+}
+
+
+def datasets() -> tuple[str, ...]:
+    """Names accepted by `load_dataset`."""
+    return tuple(DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of data set `name`; an unknown name raises and lists the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def default_cache_dir() -> Path:
+    """Where prepared files and downloads go by default: $XDG_CACHE_HOME/gloro-bench or ~/.cache/gloro-bench."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gloro-bench"
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    mirror: str | None = None,
+    subset: int | Subset | Mapping | None = None,
+    strict: bool = True,
+    progress: bool = True,
+) -> Split:
+    """One split ('train' or 'test') of data set `name`, from its cached file or, the first time, its sources.
+
+    `strict` (the default) accepts only the official release: every file whose checksum is published must
+    match it, and the split must have the official number of examples and classes. `strict=False` reads any
+    files in the official formats (a warning names those that differ from the published ones). `mirror` is
+    a base URL that replaces the official ones. `subset`: an int (the first N), `Subset(n, seed)` or
+    {'size': n, 'seed': s}; it is applied after the cache and recorded in `Split.subset`.
+    """
+    spec = dataset_spec(name)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    chosen = Subset.coerce(subset)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+    full = _load(spec, split, data_dir, cache_dir, download, mirror, strict, progress)
+    if chosen is None:
+        return full
+    keep = chosen.indices(len(full))
+    return replace(full, images=full.images[keep], labels=full.labels[keep], subset=chosen.describe(len(full)))
+
+
+def prepare_dataset(name: str, *, splits: tuple[str, ...] = SPLITS, **options) -> dict[str, Split]:
+    """Write (or check) the cached file of each split; `options` are those of `load_dataset`, less subset."""
+    if "subset" in options:
+        raise TypeError("prepare_dataset caches whole splits; apply a subset when loading")
+    return {split: load_dataset(name, split, **options) for split in splits}
+
+
+def search_folders(spec: DatasetSpec, data_dir: Path | None, cache_dir: Path) -> list[Path]:
+    """Folders searched for the official files, in order of preference."""
+    folders = []
+    if data_dir is not None:
+        folders += [data_dir / spec.name, data_dir]
+    if spec.release is not None:
+        folders += [*spec.release.system_dirs, download_folder(spec, cache_dir)]
+    return folders
+
+
+def download_folder(spec: DatasetSpec, cache_dir: Path) -> Path:
+    return cache_dir / "downloads" / spec.name
+
+
+def _locate(spec: DatasetSpec, split: str, folders: list[Path]) -> Path | None:
+    if spec.bundled is not None:
+        return Path(spec.bundled())
+    for folder in folders:
+        if folder.is_dir() and (found := spec.find(folder, split)) is not None:
+            return found
+    return None
+
+
+def _load(
+    spec: DatasetSpec,
+    split: str,
+    data_dir: Path | None,
+    cache_dir: Path,
+    download: bool,
+    mirror: str | None,
+    strict: bool,
+    progress: bool,
+) -> Split:
+    folders = search_folders(spec, data_dir, cache_dir)
+    location = _locate(spec, split, folders)
+    cache_file = cache_dir / f"{spec.name}-{split}.pt"
+    cached = _read_cache(cache_file, spec, split)
+    if cached is not None and _current(cached["meta"], location, strict):
+        return _split(spec, split, cached["images"], cached["labels"], cached["meta"], cache_file)
+    if location is None:
+        if not download:
+            raise DatasetUnavailableError(_unavailable(spec, split, folders, cache_dir, "downloading is off"))
+        location = _download(spec, split, folders, cache_dir, mirror, progress)
+    raw = spec.read(location, split, progress)
+    official = _check(spec, split, location, raw, strict)
+    meta = {
+        "dataset": spec.name,
+        "split": split,
+        "shape": list(raw.images.shape),
+        "class_names": list(spec.class_names or raw.class_names),
+        "divisor": spec.divisor,
+        "location": str(location.resolve()),
+        "fingerprint": _fingerprint(raw.fingerprint),
+        "sources": raw.sources,
+        "official": official,
+    }
+    images, labels = torch.from_numpy(raw.images), torch.from_numpy(raw.labels)
+    _write_cache(cache_file, {"format": CACHE_FORMAT, "images": images, "labels": labels, "meta": meta})
+    return _split(spec, split, images, labels, meta, cache_file)
+
+
+def _split(spec, split, images, labels, meta, cache_file: Path) -> Split:
+    return Split(
+        name=spec.name,
+        split=split,
+        images=images,
+        labels=labels,
+        class_names=tuple(meta["class_names"]),
+        divisor=float(meta["divisor"]),
+        sources=tuple(meta["sources"]),
+        cache_file=str(cache_file),
+        location=meta["location"],
+    )
+
+
+def _check(spec: DatasetSpec, split: str, location: Path, raw: RawSplit, strict: bool) -> bool:
+    """Whether the split is the official release; with `strict`, anything else raises."""
+    class_names = spec.class_names or raw.class_names
+    if raw.images.shape[1:] != spec.shape or len(raw.labels) != len(raw.images) or not len(raw.labels):
+        raise CorruptDataError(f"{location}: images of shape {raw.images.shape}, expected (N>0, {spec.shape})")
+    if raw.labels.min() < 0 or raw.labels.max() >= len(class_names):
+        raise CorruptDataError(f"{location}: labels outside 0..{len(class_names) - 1}")
+    mismatched = [source for source in raw.sources if source["checksum"] == "mismatch"]
+    described = "; ".join(
+        f"{source['file']}: md5 {', '.join(source['md5'].values())}, "
+        f"published {' or '.join(source['published_md5'].values())}"
+        for source in mismatched
+    )
+    full = len(raw.labels) == spec.sizes[split] and len(class_names) == spec.num_classes
+    if strict and mismatched:
+        raise ChecksumError(
+            f"{spec.name} {split}: not the published files ({described}). They may be corrupt or truncated: "
+            "replace them with the official files, or pass strict=False to use files of your own"
+        )
+    if strict and not full:
+        raise CorruptDataError(
+            f"{location}: {len(raw.labels)} {split} examples in {len(class_names)} classes; the official "
+            f"{spec.name} has {spec.sizes[split]} in {spec.num_classes}. Pass strict=False to use other files"
+        )
+    if mismatched:
+        warnings.warn(f"{spec.name} {split}: loaded unverified files ({described})", UnverifiedDataWarning, 4)
+    return full and not mismatched
+
+
+def _download(
+    spec: DatasetSpec, split: str, folders: list[Path], cache_dir: Path, mirror: str | None, progress: bool
+) -> Path:
+    """Fetch every official file not yet downloaded into the download folder; return the located source."""
+    folder = download_folder(spec, cache_dir)
+    for file in spec.release.files:
+        target = folder / file.name
+        if target.is_file() and md5_file(target) == file.md5:
+            continue
+        reasons = []
+        for url in spec.release.urls(file, mirror):
+            try:
+                download_file(url, target, file.md5, progress=progress)
+                break
+            except DataError as error:
+                reasons.append(str(error))
+        else:
+            raise DatasetUnavailableError(
+                _unavailable(spec, split, folders, cache_dir, f"the download failed: {'; '.join(reasons)}")
+            )
+    located = spec.find(folder, split)
+    if located is None:
+        raise DatasetUnavailableError(f"{folder}: downloaded {spec.name}, but its {split} split is not there")
+    return located
+
+
+def _unavailable(spec: DatasetSpec, split: str, folders: list[Path], cache_dir: Path, reason: str) -> str:
+    return (
+        f"{spec.name} ({split}) is not available: {reason}. Looked for the official files in: "
+        f"{', '.join(str(folder) for folder in folders)}. Place the official files "
+        f"({', '.join(spec.official_files())}) in {download_folder(spec, cache_dir)}, or in a folder passed as "
+        "data_dir (--data-dir), and run again"
+    )
+
+
+def _fingerprint(paths: list[Path]) -> list[list]:
+    """[path, bytes, newest mtime_ns, files] for each source path (a folder counts all files below it)."""
+    rows = []
+    for path in paths:
+        if path.is_file():
+            stat = path.stat()
+            rows.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns, 1])
+        elif path.is_dir():
+            size = newest = count = 0
+            for root, _, names in os.walk(path):
+                newest = max(newest, os.stat(root).st_mtime_ns)
+                for name in names:
+                    stat = os.stat(os.path.join(root, name))
+                    size, newest, count = size + stat.st_size, max(newest, stat.st_mtime_ns), count + 1
+            rows.append([str(path.resolve()), size, newest, count])
+        else:
+            rows.append([str(path), -1, -1, 0])
+    return rows
+
+
+def _current(meta: dict, location: Path | None, strict: bool) -> bool:
+    """Whether a cache still stands for the source found now (with no source left, it stands alone)."""
+    if strict and not meta["official"]:
+        return False
+    if location is None:
+        return True
+    if meta["location"] != str(location.resolve()):
+        return False
+    return meta["fingerprint"] == _fingerprint([Path(row[0]) for row in meta["fingerprint"]])
+
+
+def _read_cache(path: Path, spec: DatasetSpec, split: str) -> dict | None:
+    """The cached payload if it is present and sound; a damaged one is reported and rebuilt."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        _validate_cache(payload, spec, split)
+    except Exception as error:  # any failure to read it back means the same: rebuild from the sources
+        warnings.warn(f"{path}: unusable cache ({type(error).__name__}: {error}); rebuilding it", stacklevel=4)
+        return None
+    return payload
+
+
+def _validate_cache(payload, spec: DatasetSpec, split: str) -> None:
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+        raise ValueError(f"not a format-{CACHE_FORMAT} gloro data cache")
+    images, labels, meta = payload["images"], payload["labels"], payload["meta"]
+    if meta.get("dataset") != spec.name or meta.get("split") != split:
+        raise ValueError(f"holds {meta.get('dataset')} {meta.get('split')}, expected {spec.name} {split}")
+    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != spec.shape:
+        raise ValueError(f"images {images.dtype} {tuple(images.shape)}, expected uint8 (N, {spec.shape})")
+    if labels.dtype != torch.int64 or labels.shape != (len(images),) or not len(labels):
+        raise ValueError(f"labels {labels.dtype} {tuple(labels.shape)}, expected int64 ({len(images)},)")
+    if int(labels.min()) < 0 or int(labels.max()) >= len(meta["class_names"]):
+        raise ValueError(f"labels outside 0..{len(meta['class_names']) - 1}")
+    for key in ("divisor", "location", "fingerprint", "sources", "official"):
+        if key not in meta:
+            raise ValueError(f"metadata lacks {key!r}")
+
+
+def _write_cache(path: Path, payload: dict) -> None:
+    """torch.save to a temporary file beside `path`, then rename: readers never see a partial cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        publish(Path(temporary), path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

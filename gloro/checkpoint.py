@@ -7,13 +7,13 @@ file renamed on success), so an interrupted save never leaves a file that looks 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from gloro.architectures import ArchitectureSpec, create_model
+from gloro.atomic import torch_save
 from gloro.gloro_net import GloroNet
 
 FORMAT = "gloro-bench checkpoint v1"
@@ -44,21 +44,7 @@ def save(net: GloroNet, path: str | os.PathLike, *, input_divisor: float, metada
         "torch_version": str(torch.__version__),
         "state_dict": {key: value.detach().cpu() for key, value in net.state_dict().items()},
     }
-    return atomic_torch_save(payload, Path(path))
-
-
-def atomic_torch_save(payload: object, path: Path) -> Path:
-    """torch.save to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return torch_save(payload, path)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> GloroNet:

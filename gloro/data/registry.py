@@ -10,7 +10,6 @@ metadata (class names, the sources' checksums, the source's fingerprint), so the
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -19,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from gloro.atomic import torch_save
 from gloro.data import cifar, digits, idx, tiny_imagenet
-from gloro.data.download import download_file, md5_file, publish
+from gloro.data.download import download_file, md5_file
 from gloro.data.errors import (
     ChecksumError,
     CorruptDataError,
@@ -397,14 +397,4 @@ def _validate_cache(payload, spec: DatasetSpec, split: str) -> None:
 
 def _write_cache(path: Path, payload: dict) -> None:
     """torch.save to a temporary file beside `path`, then rename: readers never see a partial cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        publish(Path(temporary), path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    torch_save(payload, path)

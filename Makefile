@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements-nodeps.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m gloro demo
+	$(VENV)/bin/snakemake --cores all
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

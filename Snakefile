@@ -1,0 +1,33 @@
+# gloro-bench: `snakemake --cores all` trains, certifies and attacks every experiment of the config and
+# regenerates the tables and figures in results/ (see results/README.md).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The default config, unless --configfile names another (whose experiments then replace, not join, these).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+EXPERIMENTS = sorted(config["experiments"])
+
+
+wildcard_constraints:
+    experiment="|".join(EXPERIMENTS),
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/certify.smk"
+include: "workflow/rules/attack.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        rules.report.output,

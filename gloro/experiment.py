@@ -1,0 +1,257 @@
+"""One named experiment of a config (data set, architecture, loss, ε, schedules, ...) and how to run its stages.
+
+The pipeline's rule scripts are a few lines around `train_experiment`, `certify_experiment` and
+`attack_experiment`; each writes its outputs atomically into the experiment's run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from gloro.architectures import create_model
+from gloro.atomic import atomic_path, write_json
+from gloro.attack import pgd_l2
+from gloro.checkpoint import load, save
+from gloro.data import Split, Subset, load_dataset
+from gloro.evaluate import evaluate
+from gloro.gloro_net import GloroNet
+from gloro.schedules import schedule_from_config
+from gloro.train import TrainingRecipe, train
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named experiment; fields and defaults mirror workflow/schemas/config.schema.yaml."""
+
+    name: str
+    dataset: str
+    architecture: str
+    train_epsilon: float | dict
+    eval_epsilon: float
+    epochs: int
+    activation: str = "relu"
+    init: str = "glorot_uniform"
+    loss: str = "gloro"
+    trades_lambda: float | dict = 1.0
+    trades_robust_term: str = "ce"
+    warmup_epochs: int = 0
+    batch_size: int = 256
+    learning_rate: float | dict = 1e-3
+    power_iterations: int = 10
+    augmentation: str = "none"
+    seed: int = 0
+    subset: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, name: str, settings: Mapping) -> Experiment:
+        """Build from a config entry; an unknown or missing key raises naming it."""
+        known = {f.name for f in fields(cls)} - {"name"}
+        if unknown := set(settings) - known:
+            raise ValueError(f"experiment {name!r}: unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
+        try:
+            return cls(name=name, **{key: value for key, value in settings.items() if value is not None})
+        except TypeError as error:
+            raise ValueError(f"experiment {name!r}: {error}") from error
+
+    def recipe(self) -> TrainingRecipe:
+        """The training recipe, with every schedule built (and checked) from its config form."""
+        return TrainingRecipe(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=schedule_from_config(self.learning_rate),
+            epsilon=schedule_from_config(self.train_epsilon),
+            loss=self.loss,
+            trades_lambda=schedule_from_config(self.trades_lambda),
+            trades_robust_term=self.trades_robust_term,
+            seed=self.seed,
+        )
+
+    def subset_for(self, split: str) -> Subset | None:
+        size = self.subset.get(split)
+        return None if size is None else Subset(int(size), self.subset.get("seed"))
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where data sets are looked for and cached, and whether a download is allowed."""
+
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    download: bool = False
+
+    def load(self, experiment: Experiment, split: str, progress: bool = False) -> Split:
+        return load_dataset(
+            experiment.dataset,
+            split,
+            data_dir=self.data_dir,
+            cache_dir=self.cache_dir,
+            download=self.download,
+            subset=experiment.subset_for(split),
+            progress=progress,
+        )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks the GPU when one is present, else the CPU; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def provenance(device: torch.device) -> dict:
+    """Git commit, torch version and device name, recorded beside every result."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"git_commit": commit, "torch_version": str(torch.__version__), "device": str(device), "device_name": name}
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Write dict rows as CSV atomically (columns from the first row)."""
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def train_experiment(
+    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, progress: bool = True
+) -> dict:
+    """Train and save `model.pt`, `history.csv` and `train.json` (config, data provenance, cost) in `run_dir`."""
+    run_dir = Path(run_dir)
+    train_split = data.load(experiment, "train", progress)
+    torch.manual_seed(experiment.seed)
+    model = create_model(
+        experiment.architecture,
+        train_split.shape,
+        train_split.num_classes,
+        activation=experiment.activation,
+        init=experiment.init,
+        seed=experiment.seed,
+    )
+    recipe = experiment.recipe()
+    net = GloroNet(
+        model,
+        recipe.epsilon(0),
+        eval_epsilon=experiment.eval_epsilon,
+        power_iterations=experiment.power_iterations,
+        seed=experiment.seed,
+    )
+    start = time.perf_counter()
+    history = train(net, train_split.float_images(), train_split.labels, recipe, device=device, progress=progress)
+    seconds = time.perf_counter() - start
+    save(net.cpu(), run_dir / "model.pt", input_divisor=train_split.divisor, metadata={"experiment": experiment.name})
+    write_csv(run_dir / "history.csv", history)
+    summary = {
+        "experiment": asdict(experiment),
+        "data": train_split.metadata(),
+        "provenance": provenance(device),
+        "train_seconds": seconds,
+        "epochs": len(history),
+        "final_train_loss": history[-1]["loss"],
+    }
+    write_json(run_dir / "train.json", summary)
+    return summary
+
+
+def certify_experiment(
+    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, radii: list[float], batch_size: int
+) -> dict:
+    """Freeze the trained net, certify the test split at the eval ε; write `certify.json` and `radii.csv`."""
+    run_dir = Path(run_dir)
+    test_split = data.load(experiment, "test")
+    net = load(run_dir / "model.pt", map_location=device)
+    start = time.perf_counter()
+    net.freeze()
+    freeze_seconds = time.perf_counter() - start
+    images, labels = test_split.float_images(), test_split.labels
+    report = evaluate(net, images, labels, batch_size=batch_size)
+    radius = report.pop("radius")
+    vra_by_radius = [{"radius": r, "vra": float((radius >= r).double().mean()) if r > 0 else None} for r in radii]
+    for row in vra_by_radius:  # radius 0 is clean accuracy: every correct point is certified at 0
+        row["vra"] = report["clean_accuracy"] if row["radius"] == 0 else row["vra"]
+    bounds = net.bound_report()
+    result = {
+        **report,
+        "freeze_seconds": freeze_seconds,
+        "sub_lipschitz_sound": float(net.sub_lipschitz(sound=True)),
+        "layer_bounds": bounds,
+        "vra_by_radius": vra_by_radius,
+        "test_data": test_split.metadata(),
+    }
+    write_csv(run_dir / "radii.csv", [{"radius": float(r)} for r in radius.tolist()])
+    write_json(run_dir / "certify.json", result)
+    return result
+
+
+def attack_experiment(
+    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, pgd: Mapping
+) -> dict:
+    """PGD accuracy at the eval ε on the test split, and a soundness audit of every certified point."""
+    run_dir = Path(run_dir)
+    test_split = data.load(experiment, "test")
+    net = load(run_dir / "model.pt", map_location=device).freeze()
+    images, labels = test_split.float_images().to(device), test_split.labels.to(device)
+    settings = {"attack": "torchattacks.PGDL2", "epsilon": net.eval_epsilon, **dict(pgd)}
+    adversarial = pgd_l2(
+        net.model,
+        images,
+        labels,
+        net.eval_epsilon,
+        steps=pgd["steps"],
+        step_size=pgd["step_size"],
+        restarts=pgd["restarts"],
+        seed=experiment.seed,
+    )
+    with torch.no_grad():
+        pgd_accuracy = float((net.predict_clean(adversarial).argmax(1) == labels).double().mean())
+    certificate = net.certify(images)
+    certified = certificate.certified
+    if not certified.any():
+        result = {"pgd_accuracy": pgd_accuracy, "attack_settings": settings, "audited_points": 0,
+                  "soundness_violations": 0, "violation_indices": []}
+        write_json(run_dir / "attack.json", result)
+        return result
+    audit = pgd_l2(
+        net.model,
+        images[certified],
+        certificate.predictions[certified],
+        net.eval_epsilon,
+        steps=pgd["steps"],
+        step_size=pgd["step_size"],
+        restarts=pgd["restarts"],
+        seed=experiment.seed + 1,
+    )
+    with torch.no_grad():
+        flipped = net.predict_clean(audit).argmax(1) != certificate.predictions[certified]
+    violations = certified.nonzero().flatten()[flipped].tolist()
+    result = {
+        "pgd_accuracy": pgd_accuracy,
+        "attack_settings": settings,
+        "audited_points": int(certified.sum()),
+        "soundness_violations": len(violations),
+        "violation_indices": violations,
+    }
+    write_json(run_dir / "attack.json", result)
+    if violations:
+        raise RuntimeError(
+            f"{experiment.name}: {len(violations)} certified points were broken by PGD (indices in "
+            f"{run_dir / 'attack.json'}): the Lipschitz bound is unsound — this is a bug, please report it"
+        )
+    return result

@@ -1,0 +1,98 @@
+"""The Snakemake pipeline: config validation, the paper's job graph, and an end-to-end run on digits."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def write_config(path: Path, results: Path, **experiment) -> Path:
+    settings = {
+        "dataset": "digits",
+        "architecture": "2C2F",
+        "train_epsilon": 0.45,
+        "eval_epsilon": 0.3,
+        "epochs": 3,
+        "batch_size": 64,
+        "subset": {"train": 400, "test": 120},
+        **experiment,
+    }
+    config = {
+        "results": str(results),
+        "evaluation": {"pgd": {"steps": 10, "restarts": 1}, "radii": [0, 0.1, 0.3]},
+        "experiments": {"tiny_gloro": settings, "tiny_trades": {**settings, "loss": "trades"}},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"epoch": 3}, "epoch"),
+        ({"architecture": "9C9F"}, "9C9F"),
+        ({"eval_epsilon": -1}, "-1"),
+        ({"learning_rate": {"kind": "cosine"}}, "learning_rate"),
+    ],
+)
+def test_an_invalid_config_is_rejected_before_any_job(tmp_path, change, named):
+    config = write_config(tmp_path / "bad.yaml", tmp_path / "results", **change)
+    result = snakemake("-n", "--configfile", str(config))
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_dry_run_of_the_paper_config_lists_every_job():
+    result = snakemake("-n", "--configfile", "config/paper.yaml", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    counts = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts == {"all": 1, "attack": 8, "certify": 8, "report": 1, "train": 8, "total": 26}
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
+    results = tmp_path / "results"
+    config = write_config(tmp_path / "tiny.yaml", results)
+    first = snakemake("--configfile", str(config))
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = pd.read_csv(results / "tables" / "runs.csv")
+    assert sorted(runs["experiment"]) == ["tiny_gloro", "tiny_trades"]
+    for column in ("clean_accuracy", "vra", "pgd_accuracy", "rejection_rate"):
+        assert runs[column].between(0, 1).all()
+    assert (runs["vra"] <= runs["clean_accuracy"]).all()
+    assert (runs["soundness_violations"] == 0).all()
+    assert (runs["sec_per_epoch"] > 0).all() and runs["git_commit"].notna().all()
+    radius = pd.read_csv(results / "tables" / "vra_by_radius.csv")
+    assert list(radius.columns) == ["experiment", "radius", "vra"]
+    for _, group in radius.groupby("experiment"):
+        assert group.sort_values("radius")["vra"].is_monotonic_decreasing
+    table = pd.read_csv(results / "tables" / "table1.csv")
+    assert {"clean", "pgd", "vra", "vra_reported", "vra_source", "sec_per_epoch"} <= set(table.columns)
+    for name in ("table1.md", "table1.tex"):
+        assert (results / "tables" / name).stat().st_size > 0
+    for stem in ("vra_by_radius", "training_curves"):
+        for suffix in (".pdf", ".png"):
+            assert (results / "figures" / f"{stem}{suffix}").stat().st_size > 1000
+    second = snakemake("--configfile", str(config))
+    assert second.returncode == 0
+    assert "Nothing to be done" in second.stdout + second.stderr

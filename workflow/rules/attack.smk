@@ -1,0 +1,21 @@
+rule attack:
+    """PGD accuracy at the eval ε, and an audit attacking every certified point (a broken one fails the run)."""
+    input:
+        model=rules.train.output.model,
+    output:
+        report=f"{run_dir()}/attack.json",
+    params:
+        settings=experiment_settings,
+        data=DATA_OPTIONS,
+        device=config["device"],
+        evaluation=config["evaluation"],
+    log:
+        f"{RESULTS}/logs/attack/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attack/{{experiment}}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        gpu=GPU,
+    script:
+        "../scripts/attack.py"

@@ -1,0 +1,22 @@
+rule certify:
+    """Freeze the trained net and certify the test split at the eval ε with sound constants."""
+    input:
+        model=rules.train.output.model,
+    output:
+        report=f"{run_dir()}/certify.json",
+        radii=f"{run_dir()}/radii.csv",
+    params:
+        settings=experiment_settings,
+        data=DATA_OPTIONS,
+        device=config["device"],
+        evaluation=config["evaluation"],
+    log:
+        f"{RESULTS}/logs/certify/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/certify/{{experiment}}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        gpu=GPU,
+    script:
+        "../scripts/certify.py"

@@ -1,0 +1,20 @@
+rule train:
+    """Train one experiment: final checkpoint, per-epoch history and a summary with provenance."""
+    output:
+        model=f"{run_dir()}/model.pt",
+        history=f"{run_dir()}/history.csv",
+        summary=f"{run_dir()}/train.json",
+    params:
+        settings=experiment_settings,
+        data=DATA_OPTIONS,
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/train/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{experiment}}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        gpu=GPU,
+    script:
+        "../scripts/train.py"

@@ -1,24 +1,37 @@
-"""Training a GloroNet: one recipe (epochs, batch size, schedules, loss), seeded shuffles, per-epoch history."""
+"""Training a GloroNet: one recipe (epochs, batch size, schedules, loss, augmentation), seeded shuffles and
+augmentations, per-epoch history with the cost of training, and optional best-eval-VRA model selection.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from gloro.data.augment import Augmentation, augmentation, augmentations, no_augmentation
+from gloro.evaluate import evaluate
 from gloro.gloro_net import GloroNet
 from gloro.losses import gloro_cross_entropy, gloro_trades
 from gloro.schedules import Constant, Schedule
 
+try:
+    import resource
+except ImportError:  # not on Windows: peak memory on the CPU is then not recorded
+    resource = None
+
 LOSSES = ("gloro", "trades")
+BEST_SELECTION = "the epoch with the highest eval_vra (the first on ties); the paper's code selected on the test set"
 
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """What the paper's scripts vary between runs. `epsilon=None` keeps the net's current ε throughout."""
+    """What the paper's scripts vary between runs. `epsilon=None` keeps the net's current ε throughout;
+    `augmentation` names a `gloro.data.augmentation`, applied to training batches only.
+    """
 
     epochs: int
     batch_size: int = 256
@@ -28,12 +41,44 @@ class TrainingRecipe:
     trades_lambda: Schedule = field(default_factory=lambda: Constant(1.0))
     trades_robust_term: str = "ce"
     seed: int = 0
+    augmentation: str = "none"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.augmentation not in augmentations():
+            raise ValueError(f"unknown augmentation {self.augmentation!r}; known: {', '.join(augmentations())}")
+
+
+@dataclass(frozen=True, eq=False)
+class BestModel:
+    """The weights (a CPU copy of the state_dict) of the epoch with the best eval VRA, and its numbers.
+
+    Report it beside the final model, labelled as selected on the eval set: when that set is the test set,
+    as in the paper's code, its numbers are optimistic.
+    """
+
+    epoch: int
+    vra: float
+    clean_accuracy: float
+    epsilon: float
+    state_dict: dict[str, torch.Tensor]
+    selection: str = BEST_SELECTION
+
+
+class TrainingHistory(list):
+    """One dict per epoch (a plain list to every caller) plus `best`, the best-eval-VRA model (None when no
+    eval set was given). The final model is the net itself, as training leaves it.
+    """
+
+    def __init__(self, rows: Iterable[dict] = (), best: BestModel | None = None) -> None:
+        super().__init__(rows)
+        self.best = best
+
+    def cost(self) -> dict:
+        return training_cost(self)
 
 
 def train(
@@ -45,18 +90,36 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
-) -> list[dict]:
+    eval_images: torch.Tensor | None = None,
+    eval_labels: torch.Tensor | None = None,
+    eval_epsilon: float | None = None,
+    eval_batch_size: int = 1024,
+) -> TrainingHistory:
     """Train `net` in place with Adam (Keras' defaults, as the paper); returns one history row per epoch.
 
     Each row: epoch, loss, clean_accuracy and vra on the training batches (at the training ε, with the
-    power-iteration K), epsilon, lambda, lr, seconds, images_per_second. `on_epoch` sees each row.
+    power-iteration K), epsilon, lambda, lr, and the cost of the epoch: seconds (training only; the first
+    epoch includes warm-up, see `training_cost`), images_per_second, peak_mem_mb and peak_mem_source
+    ('cuda_max_allocated', reset every epoch, or 'cpu_process_max_rss', the process's peak resident memory
+    since it started, which never goes down). With an eval set, the net is certified on it after every
+    epoch (sound K, at `eval_epsilon`, default the net's eval ε): rows gain eval_epsilon, eval_vra,
+    eval_clean_accuracy, eval_rejection_rate and eval_seconds, and the returned history's `best` holds the
+    weights of the best-eval-VRA epoch. `on_epoch` sees each row.
     """
+    if (eval_images is None) != (eval_labels is None):
+        raise ValueError("give eval_images and eval_labels together, or neither")
+    if recipe.augmentation != "none" and images.dim() != 4:
+        raise ValueError(
+            f"augmentation {recipe.augmentation!r} needs image batches (N, C, H, W), got shape {tuple(images.shape)}"
+        )
+    device = torch.device(device)
     net.to(device).train()
     memory_format = preferred_memory_format(net)
     net.model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(net.parameters(), lr=recipe.learning_rate(0), eps=1e-7)
     generator = torch.Generator().manual_seed(recipe.seed)
-    history = []
+    augment = augmentation(recipe.augmentation)
+    history = TrainingHistory()
     epochs = tqdm(range(recipe.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
         lr, lam = recipe.learning_rate(epoch), recipe.trades_lambda(epoch)
@@ -64,9 +127,15 @@ def train(
             net.epsilon = recipe.epsilon(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        reset_peak_memory(device)
+        synchronize(device)
         start = time.perf_counter()
-        totals = train_epoch(net, images, labels, optimizer, recipe, lam, generator, device, memory_format)
+        totals = train_epoch(
+            net, images, labels, optimizer, recipe, lam, generator, device, memory_format, augment=augment
+        )
+        synchronize(device)
         seconds = time.perf_counter() - start
+        peak_mb, peak_source = peak_memory_mb(device)
         row = {
             "epoch": epoch,
             **totals,
@@ -75,7 +144,27 @@ def train(
             "lr": lr,
             "seconds": seconds,
             "images_per_second": len(labels) / seconds,
+            "peak_mem_mb": peak_mb,
+            "peak_mem_source": peak_source,
         }
+        if eval_images is not None:
+            start = time.perf_counter()
+            result = evaluate(net, eval_images, eval_labels, epsilon=eval_epsilon, batch_size=eval_batch_size)
+            row.update(
+                eval_epsilon=result["epsilon"],
+                eval_vra=result["vra"],
+                eval_clean_accuracy=result["clean_accuracy"],
+                eval_rejection_rate=result["rejection_rate"],
+                eval_seconds=time.perf_counter() - start,
+            )
+            if history.best is None or result["vra"] > history.best.vra:
+                history.best = BestModel(
+                    epoch=epoch,
+                    vra=result["vra"],
+                    clean_accuracy=result["clean_accuracy"],
+                    epsilon=result["epsilon"],
+                    state_dict={key: value.detach().to("cpu", copy=True) for key, value in net.state_dict().items()},
+                )
         history.append(row)
         epochs.set_postfix(loss=f"{row['loss']:.3f}", vra=f"{row['vra']:.3f}")
         if on_epoch is not None:
@@ -93,12 +182,17 @@ def train_epoch(
     generator: torch.Generator,
     device: str | torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
+    *,
+    augment: Augmentation = no_augmentation,
 ) -> dict:
-    """One pass over a seeded shuffle; returns the mean loss, clean accuracy and VRA over the batches."""
+    """One pass over a seeded shuffle, each batch augmented on `device` with the same generator; returns
+    the mean loss, clean accuracy and VRA over the (augmented) batches.
+    """
     order = torch.randperm(len(labels), generator=generator)
     loss_sum = correct = robust = 0.0
     for batch in order.split(recipe.batch_size):
-        x = images[batch].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        x = images[batch].to(device, non_blocking=True)
+        x = augment(x, generator).contiguous(memory_format=memory_format)
         y = labels[batch].to(device, non_blocking=True)
         logits = net(x)
         if recipe.loss == "gloro":
@@ -114,6 +208,55 @@ def train_epoch(
             robust += float((logits.argmax(1) == y).sum())
     n = len(labels)
     return {"loss": loss_sum / n, "clean_accuracy": correct / n, "vra": robust / n}
+
+
+def training_cost(history: Sequence[dict]) -> dict:
+    """The cost of a run from its history: the first epoch apart (it includes one-off warm-up: allocator,
+    kernel selection, lazy initialisation), the mean of the later epochs as the steady-state cost.
+
+    later_epochs_* are None for a one-epoch run. peak_mem_mb is the largest per-epoch peak (on the CPU,
+    the process's lifetime peak RSS, which includes whatever ran before training).
+    """
+    if not history:
+        raise ValueError("no epochs in the history")
+    later = list(history[1:])
+    peaks = [row["peak_mem_mb"] for row in history if row.get("peak_mem_mb") is not None]
+    return {
+        "epochs": len(history),
+        "total_seconds": sum(row["seconds"] for row in history),
+        "first_epoch_seconds": history[0]["seconds"],
+        "later_epochs_mean_seconds": sum(row["seconds"] for row in later) / len(later) if later else None,
+        "later_epochs_images_per_second": (
+            sum(row["images_per_second"] for row in later) / len(later) if later else None
+        ),
+        "peak_mem_mb": max(peaks) if peaks else None,
+        "peak_mem_source": history[-1].get("peak_mem_source"),
+    }
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a wall-clock timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for `peak_memory_mb` (only the GPU's allocator can reset it; the CPU's RSS peak cannot)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float | None, str | None]:
+    """Peak memory in MiB and where it comes from: the CUDA allocator's peak since the last reset, or the
+    process's peak resident set size (getrusage ru_maxrss: a lifetime peak, never reset).
+    """
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    if resource is None:
+        return None, None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return peak * bytes_per_unit / 2**20, "cpu_process_max_rss"
 
 
 def preferred_memory_format(net: GloroNet) -> torch.memory_format:

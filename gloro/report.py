@@ -26,9 +26,8 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     certify = json.loads((run_dir / "certify.json").read_text())
     attack = json.loads((run_dir / "attack.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
-    experiment = train["experiment"]
-    later = history["seconds"].iloc[1:] if len(history) > 1 else history["seconds"]
-    bounds = certify["layer_bounds"]
+    experiment, cost, best = train["experiment"], train["cost"], train["best_on_test"] or {}
+    audit = attack["audit"]
     row = {
         "experiment": experiment["name"],
         "dataset": experiment["dataset"],
@@ -40,23 +39,30 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "epochs": experiment["epochs"],
         "batch_size": experiment["batch_size"],
         "power_iterations": experiment["power_iterations"],
+        "augmentation": experiment["augmentation"],
         "seed": experiment["seed"],
         "subset": json.dumps(experiment["subset"]),
         "clean_accuracy": certify["clean_accuracy"],
         "vra": certify["vra"],
         "rejection_rate": certify["rejection_rate"],
         "pgd_accuracy": attack["pgd_accuracy"],
-        "soundness_violations": attack["soundness_violations"],
-        "first_epoch_sec": float(history["seconds"].iloc[0]),
-        "sec_per_epoch": float(later.mean()),
-        "train_images_per_second": float(history["images_per_second"].iloc[1:].mean())
-        if len(history) > 1
-        else float(history["images_per_second"].iloc[0]),
-        "peak_mem_mb": float(history["peak_mem_mb"].max()) if "peak_mem_mb" in history else None,
-        "sub_lipschitz_sound": certify["sub_lipschitz_sound"],
-        "max_layer_sound_over_estimate": max((b["ratio"] for b in bounds), default=1.0),
+        "audited_points": audit["certified"],
+        "soundness_violations": audit["violations"],
+        "best_on_test_epoch": best.get("epoch"),
+        "best_on_test_vra": best.get("vra"),
+        "best_on_test_clean_accuracy": best.get("clean_accuracy"),
+        "first_epoch_sec": cost["first_epoch_seconds"],
+        "sec_per_epoch": cost["later_epochs_mean_seconds"] or cost["first_epoch_seconds"],
+        "train_images_per_second": cost["later_epochs_images_per_second"],
+        "peak_mem_mb": cost["peak_mem_mb"],
+        "peak_mem_source": cost["peak_mem_source"],
+        "lipschitz_power_iteration": certify["lipschitz_power_iteration"],
+        "lipschitz_sound": certify["lipschitz_sound"],
+        "lipschitz_sound_over_power": certify["lipschitz_ratio"],
+        "forward_points_per_second": certify["forward_points_per_second"],
+        "certify_points_per_second": certify["certify_points_per_second"],
         **train["provenance"],
-        "train_data_checksums": json.dumps([s.get("md5") for s in train["data"].get("sources", [])]),
+        "train_data_checksums": json.dumps(train["data"].get("sources", [])),
         "attack_settings": json.dumps(attack["attack_settings"], sort_keys=True),
     }
     return row, history.assign(experiment=experiment["name"])
@@ -68,7 +74,7 @@ def vra_by_radius(run_dirs: Sequence[Path]) -> pd.DataFrame:
     for run_dir in run_dirs:
         certify = json.loads((run_dir / "certify.json").read_text())
         name = run_dir.name
-        rows += [{"experiment": name, "radius": r["radius"], "vra": r["vra"]} for r in certify["vra_by_radius"]]
+        rows += [{"experiment": name, "radius": r["radius"], "vra": r["vra"]} for r in certify["vra_at_radii"]]
     return pd.DataFrame(rows, columns=["experiment", "radius", "vra"])
 
 

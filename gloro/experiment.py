@@ -165,6 +165,7 @@ def train_experiment(
         progress=progress,
         eval_images=test_split.float_images(),
         eval_labels=test_split.labels,
+        scratch=run_dir / "scratch.pt",  # a killed job resumes after its last finished epoch
     )
     seconds = time.perf_counter() - start
     metadata = {"experiment": experiment.name, "selection": "final"}
@@ -190,6 +191,7 @@ def train_experiment(
     }
     write_csv(run_dir / "history.csv", list(history))
     write_json(run_dir / "train.json", summary)
+    (run_dir / "scratch.pt").unlink(missing_ok=True)
     return summary
 
 

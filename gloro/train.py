@@ -4,14 +4,18 @@ augmentations, per-epoch history with the cost of training, and optional best-ev
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from gloro.atomic import torch_save
 from gloro.data.augment import Augmentation, augmentation, augmentations, no_augmentation
 from gloro.evaluate import evaluate
 from gloro.gloro_net import GloroNet
@@ -94,6 +98,7 @@ def train(
     eval_labels: torch.Tensor | None = None,
     eval_epsilon: float | None = None,
     eval_batch_size: int = 1024,
+    scratch: str | os.PathLike | None = None,
 ) -> TrainingHistory:
     """Train `net` in place with Adam (Keras' defaults, as the paper); returns one history row per epoch.
 
@@ -105,6 +110,10 @@ def train(
     epoch (sound K, at `eval_epsilon`, default the net's eval ε): rows gain eval_epsilon, eval_vra,
     eval_clean_accuracy, eval_rejection_rate and eval_seconds, and the returned history's `best` holds the
     weights of the best-eval-VRA epoch. `on_epoch` sees each row.
+
+    `scratch`: a file rewritten atomically after every epoch with everything needed to continue (weights,
+    iterates, optimizer and RNG state, history); when it exists at the start and was written for the same
+    recipe, training resumes after its last epoch, so a killed job loses at most one epoch.
     """
     if (eval_images is None) != (eval_labels is None):
         raise ValueError("give eval_images and eval_labels together, or neither")
@@ -120,7 +129,8 @@ def train(
     generator = torch.Generator().manual_seed(recipe.seed)
     augment = augmentation(recipe.augmentation)
     history = TrainingHistory()
-    epochs = tqdm(range(recipe.epochs), desc="training", unit="epoch", disable=not progress)
+    first = resume(scratch, recipe, net, optimizer, generator, history) if scratch is not None else 0
+    epochs = tqdm(range(first, recipe.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
         lr, lam = recipe.learning_rate(epoch), recipe.trades_lambda(epoch)
         if recipe.epsilon is not None:
@@ -167,9 +177,46 @@ def train(
                 )
         history.append(row)
         epochs.set_postfix(loss=f"{row['loss']:.3f}", vra=f"{row['vra']:.3f}")
+        if scratch is not None:
+            save_scratch(scratch, recipe, net, optimizer, generator, history)
         if on_epoch is not None:
             on_epoch(row)
     return history
+
+
+def save_scratch(path, recipe, net, optimizer, generator, history: TrainingHistory) -> None:
+    """Everything `resume` needs to continue after the last finished epoch, written atomically."""
+    best = None if history.best is None else asdict(history.best)
+    payload = {
+        "recipe": repr(recipe),
+        "net": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "history": list(history),
+        "best": best,
+    }
+    torch_save(payload, path)
+
+
+def resume(path, recipe, net, optimizer, generator, history: TrainingHistory) -> int:
+    """Restore a scratch file written for the same recipe; returns the epoch to start from (0 without one)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged scratch file only costs the epochs it held
+        warnings.warn(f"ignoring unreadable training scratch file {path} ({error}); starting over", stacklevel=3)
+        return 0
+    if payload.get("recipe") != repr(recipe):
+        warnings.warn(f"ignoring training scratch file {path}: it was written for another recipe", stacklevel=3)
+        return 0
+    net.load_state_dict(payload["net"])
+    optimizer.load_state_dict(payload["optimizer"])
+    generator.set_state(payload["generator"])
+    history.extend(payload["history"])
+    history.best = None if payload["best"] is None else BestModel(**payload["best"])
+    return len(history)
 
 
 def train_epoch(

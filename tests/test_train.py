@@ -125,3 +125,36 @@ def test_recipes_check_their_augmentation(digits):
     (x, y), _ = digits
     with pytest.raises(ValueError, match=r"needs image batches \(N, C, H, W\)"):
         gloro.train(net, x.flatten(1), y, gloro.TrainingRecipe(epochs=1, augmentation="cifar10"), progress=False)
+
+
+def test_a_killed_run_resumes_from_its_scratch_file_and_matches_an_uninterrupted_one(tmp_path):
+    x, y = load_digits("train")
+    x, y = x[:256], y[:256]
+    recipe = gloro.TrainingRecipe(epochs=4, batch_size=64, seed=3)
+
+    def fresh() -> gloro.GloroNet:
+        return gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=3), 0.3, power_iterations=2, seed=3)
+
+    reference = fresh()
+    expected = gloro.train(reference, x, y, recipe, progress=False)
+
+    class KilledError(Exception):
+        pass
+
+    def kill_after_second_epoch(row):
+        if row["epoch"] == 1:
+            raise KilledError
+
+    scratch = tmp_path / "scratch.pt"
+    with pytest.raises(KilledError):
+        gloro.train(fresh(), x, y, recipe, progress=False, scratch=scratch, on_epoch=kill_after_second_epoch)
+    resumed_net = fresh()
+    resumed = gloro.train(resumed_net, x, y, recipe, progress=False, scratch=scratch)
+    assert [row["epoch"] for row in resumed] == [0, 1, 2, 3]
+    assert [row["loss"] for row in resumed] == pytest.approx([row["loss"] for row in expected], rel=1e-5)
+    for key, value in reference.state_dict().items():
+        assert torch.allclose(value, resumed_net.state_dict()[key], atol=1e-5), key
+    other = gloro.TrainingRecipe(epochs=4, batch_size=32, seed=3)
+    with pytest.warns(UserWarning, match="another recipe"):
+        restarted = gloro.train(fresh(), x, y, other, progress=False, scratch=scratch)
+    assert len(restarted) == 4

@@ -25,6 +25,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/certify.smk"
 include: "workflow/rules/attack.smk"
+include: "workflow/rules/bounds.smk"
 include: "workflow/rules/report.smk"
 
 

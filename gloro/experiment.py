@@ -23,7 +23,9 @@ from gloro.checkpoint import load, save
 from gloro.data import Split, Subset, load_dataset
 from gloro.evaluate import certification_report
 from gloro.gloro_net import GloroNet
+from gloro.local_certify import compare_local_global
 from gloro.schedules import schedule_from_config
+from gloro.tightness import global_tightness
 from gloro.train import TrainingRecipe, train
 
 
@@ -236,4 +238,26 @@ def attack_experiment(
     )  # raises SoundnessError, naming the file of offending indices, if any certified point breaks
     result["audit"] = audit
     write_json(run_dir / "attack.json", result)
+    return result
+
+
+def bounds_experiment(
+    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, points: int, tightness_steps: int
+) -> dict:
+    """Local vs global certification on the first `points` test points, and the global bound's tightness.
+
+    Writes `bounds.json`: VRA and seconds per point of the global certificate and of the sound local
+    Lipschitz bound on the same points, and sound K_ij over an empirical lower bound (optimised input pairs
+    started from those points).
+    """
+    run_dir = Path(run_dir)
+    test_split = data.load(experiment, "test")
+    net = load(run_dir / "model.pt", map_location=device).freeze()
+    images, labels = test_split.float_images()[:points], test_split.labels[:points]
+    comparison = compare_local_global(net, images, labels)
+    comparison.pop("points", None)
+    tightness = global_tightness(net, inputs=images, steps=tightness_steps, seed=experiment.seed)
+    tightness.pop("pairs", None)
+    result = {"local_vs_global": comparison, "tightness": tightness}
+    write_json(run_dir / "bounds.json", result)
     return result

@@ -78,6 +78,31 @@ def vra_by_radius(run_dirs: Sequence[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["experiment", "radius", "vra"])
 
 
+def certification_cost(runs: pd.DataFrame, run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """Global vs local certification (VRA, seconds per point, on the same test points) and certification vs
+    plain inference throughput, one row per experiment."""
+    rows = []
+    for (_, run), run_dir in zip(runs.iterrows(), run_dirs, strict=True):
+        local = json.loads((run_dir / "bounds.json").read_text())["local_vs_global"]
+        rows.append(
+            {
+                "experiment": run["experiment"],
+                "eval_epsilon": run["eval_epsilon"],
+                "points": local["num_points"],
+                "vra_global": local["vra_global"],
+                "vra_local": local["vra_local"],
+                "certified_local_only": local["certified_local_only"],
+                "sec_per_point_global": local["seconds_per_point_global"],
+                "sec_per_point_local": local["seconds_per_point_local"],
+                "local_over_global_time": local["seconds_per_point_local"] / local["seconds_per_point_global"],
+                "forward_points_per_second": run["forward_points_per_second"],
+                "certify_points_per_second": run["certify_points_per_second"],
+                "certify_over_forward_throughput": run["certify_points_per_second"] / run["forward_points_per_second"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def table1(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 1 layout: reproduced clean / PGD / VRA (percent), sec/epoch and memory per setting and
     method, each beside the published number, its source and the difference; sourced baselines as extra rows."""
@@ -193,6 +218,50 @@ def plot_training_curves(history: pd.DataFrame, stem: Path) -> None:
     save_figure(figure, stem)
 
 
+def plot_epoch_cost(history: pd.DataFrame, stem: Path) -> None:
+    """Seconds and peak memory per epoch, one line per experiment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for name, group in history.groupby("experiment"):
+        axes[0].plot(group["epoch"] + 1, group["seconds"], label=name)
+        axes[1].plot(group["epoch"] + 1, group["peak_mem_mb"], label=name)
+    axes[0].set_ylabel("seconds per epoch")
+    axes[1].set_ylabel("peak memory (MB)")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    save_figure(figure, stem)
+
+
+def plot_tightness(run_dirs: Sequence[Path], stem: Path) -> None:
+    """Sound margin Lipschitz bound over the empirical lower bound: tightest and median class pair per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, tightest, median = [], [], []
+    for run_dir in run_dirs:
+        tightness = json.loads((run_dir / "bounds.json").read_text())["tightness"]
+        names.append(run_dir.name)
+        tightest.append(tightness["min_sound_over_lower"])
+        median.append(tightness["median_sound_over_lower"])
+    figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3))
+    positions = range(len(names))
+    axis.bar([p - 0.2 for p in positions], tightest, width=0.4, color="0.3", label="tightest pair")
+    axis.bar([p + 0.2 for p in positions], median, width=0.4, color="0.7", hatch="//", label="median pair")
+    axis.axhline(1.0, color="black", linewidth=0.8)
+    axis.set_xticks(list(positions), names, rotation=20, ha="right", fontsize=7)
+    axis.set_ylabel("sound bound / lower bound")
+    axis.legend(fontsize=7)
+    save_figure(figure, stem)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub Markdown table (no extra dependency); empty cells for missing values."""
     columns = list(frame.columns)
@@ -210,7 +279,8 @@ def write_report(
     tables_dir: str | Path,
     figures_dir: str | Path,
 ) -> None:
-    """Write tables/runs.csv, vra_by_radius.csv, table1.{csv,md,tex} and figures/*.{pdf,png}."""
+    """Write tables/runs.csv, vra_by_radius.csv, table1.{csv,md,tex}, certification_cost.{csv,md} and
+    figures/*.{pdf,png}."""
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     run_dirs = [Path(p) for p in run_dirs]
     rows, histories = zip(*(read_run(run_dir) for run_dir in run_dirs), strict=True)
@@ -223,5 +293,11 @@ def write_report(
     write_text(tables_dir / "table1.md", markdown_table(table))
     shown = table.drop(columns=[c for c in table.columns if c.endswith("_source")])
     write_text(tables_dir / "table1.tex", shown.to_latex(index=False, na_rep="", float_format="%.2f"))
+    cost = certification_cost(runs, run_dirs)
+    write_csv(cost, tables_dir / "certification_cost.csv")
+    write_text(tables_dir / "certification_cost.md", markdown_table(cost))
     plot_vra_by_radius(radius_table, figures_dir / "vra_by_radius")
-    plot_training_curves(pd.concat(histories, ignore_index=True), figures_dir / "training_curves")
+    history = pd.concat(histories, ignore_index=True)
+    plot_training_curves(history, figures_dir / "training_curves")
+    plot_epoch_cost(history, figures_dir / "epoch_cost")
+    plot_tightness(run_dirs, figures_dir / "tightness")

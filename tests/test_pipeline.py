@@ -66,7 +66,7 @@ def test_a_dry_run_of_the_paper_config_lists_every_job():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    assert counts == {"all": 1, "attack": 8, "certify": 8, "report": 1, "train": 8, "total": 26}
+    assert counts == {"all": 1, "attack": 8, "bounds": 8, "certify": 8, "report": 1, "train": 8, "total": 34}
 
 
 @pytest.mark.slow
@@ -90,7 +90,10 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert {"clean", "pgd", "vra", "vra_reported", "vra_source", "sec_per_epoch"} <= set(table.columns)
     for name in ("table1.md", "table1.tex"):
         assert (results / "tables" / name).stat().st_size > 0
-    for stem in ("vra_by_radius", "training_curves"):
+    cost = pd.read_csv(results / "tables" / "certification_cost.csv")
+    assert (cost["vra_local"] >= cost["vra_global"]).all()  # the local bound is never looser
+    assert (cost["certify_over_forward_throughput"] > 0).all()
+    for stem in ("vra_by_radius", "training_curves", "epoch_cost", "tightness"):
         for suffix in (".pdf", ".png"):
             assert (results / "figures" / f"{stem}{suffix}").stat().st_size > 1000
     second = snakemake("--configfile", str(config))

@@ -13,6 +13,9 @@ if not workflow.overwrite_configfiles:
 
 validate(config, "workflow/schemas/config.schema.yaml")
 
+
+report: "workflow/report/workflow.rst"
+
 RESULTS = config["results"]
 EXPERIMENTS = sorted(config["experiments"])
 

@@ -96,6 +96,9 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     for stem in ("vra_by_radius", "training_curves", "epoch_cost", "tightness"):
         for suffix in (".pdf", ".png"):
             assert (results / "figures" / f"{stem}{suffix}").stat().st_size > 1000
+    html = results / "report.html"
+    assert snakemake("--configfile", str(config), "--report", str(html)).returncode == 0
+    assert html.stat().st_size > 10_000
     second = snakemake("--configfile", str(config))
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr

@@ -11,5 +11,5 @@ with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contex
         run_dirs=[Path(p).parent for p in snakemake.input.train],
         published=snakemake.input.published,
         tables_dir=Path(snakemake.output.runs).parent,
-        figures_dir=Path(snakemake.output.figures[0]).parent,
+        figures_dir=Path(snakemake.output.vra_png).parent,
     )

@@ -10,7 +10,6 @@ from torch import nn
 
 import gloro
 from gloro.attack import pgd_l2
-from gloro.data import load_digits
 from gloro.gloro_net import flatten_sequential
 from gloro.lipschitz import UnsupportedLayerError
 from gloro.local_certify import (
@@ -23,15 +22,6 @@ from gloro.local_certify import (
 )
 
 EPSILON = 0.3
-
-
-@pytest.fixture(scope="module")
-def trained():
-    """2C2F trained on digits for 10 epochs at ε = 0.45 (eval ε = 0.3), frozen, with the test split."""
-    x_train, y_train = load_digits("train")
-    net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=0), 0.45, eval_epsilon=EPSILON, seed=0)
-    gloro.train(net, x_train, y_train, gloro.TrainingRecipe(epochs=10, batch_size=64, seed=0), progress=False)
-    return net.freeze(), load_digits("test")
 
 
 @pytest.fixture(scope="module")

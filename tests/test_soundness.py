@@ -12,8 +12,8 @@ EPSILON = 0.3
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """2C2F trained on digits for a few epochs at ε = 0.45, frozen, with the test split."""
+def trained_run():
+    """2C2F trained_run on digits for a few epochs at ε = 0.45, frozen, with the test split."""
     x_train, y_train = load_digits("train")
     model = gloro.create_model("2C2F", (1, 8, 8), 10, seed=0)
     net = gloro.GloroNet(model, 0.45, eval_epsilon=EPSILON, power_iterations=10, seed=0)
@@ -23,16 +23,16 @@ def trained():
 
 
 @pytest.mark.slow
-def test_training_improves_loss_and_vra(trained):
-    _, history, _ = trained
+def test_training_improves_loss_and_vra(trained_run):
+    _, history, _ = trained_run
     assert history[-1]["loss"] < history[0]["loss"]
     assert history[-1]["vra"] > history[0]["vra"]
     assert all(row["epsilon"] == 0.45 and row["seconds"] > 0 for row in history)
 
 
 @pytest.mark.slow
-def test_every_certified_point_survives_strong_pgd(trained):
-    net, _, (x, y) = trained
+def test_every_certified_point_survives_strong_pgd(trained_run):
+    net, _, (x, y) = trained_run
     certificate = net.certify(x)
     report = gloro.evaluate(net, x, y)
     assert report["vra"] >= 0.4  # a meaningful share of the test set is certified and correct
@@ -49,9 +49,9 @@ def test_every_certified_point_survives_strong_pgd(trained):
 
 
 @pytest.mark.slow
-def test_a_planted_unsound_bound_is_caught_by_the_attack(trained):
+def test_a_planted_unsound_bound_is_caught_by_the_attack(trained_run):
     """K scaled down by 100 certifies points that PGD then breaks: the attack is strong enough to matter."""
-    net, _, (x, _) = trained
+    net, _, (x, _) = trained_run
     with torch.no_grad():
         unsound = certify_logits(net.predict_clean(x), net.lipschitz_constant() / 100, EPSILON)
     sound = net.certify(x)

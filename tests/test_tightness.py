@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import gloro
-from gloro.data import load_digits
 from gloro.local_certify import local_lipschitz
 from gloro.tightness import (
     global_tightness,
@@ -17,15 +16,6 @@ from gloro.tightness import (
 )
 
 EPSILON = 0.3
-
-
-@pytest.fixture(scope="module")
-def trained():
-    """2C2F trained on digits for 10 epochs at ε = 0.45 (eval ε = 0.3), frozen, with the test split."""
-    x_train, y_train = load_digits("train")
-    net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=0), 0.45, eval_epsilon=EPSILON, seed=0)
-    gloro.train(net, x_train, y_train, gloro.TrainingRecipe(epochs=10, batch_size=64, seed=0), progress=False)
-    return net.freeze(), load_digits("test")
 
 
 def linear_net(seed: int = 0) -> tuple[gloro.GloroNet, torch.Tensor]:

@@ -158,6 +158,7 @@ def train_experiment(
     )
     test_split = data.load(experiment, "test", progress)
     start = time.perf_counter()
+    warmup = warm_up(net, train_split, experiment, device, progress) if experiment.warmup_epochs else None
     history = train(
         net,
         train_split.float_images(),
@@ -181,6 +182,7 @@ def train_experiment(
         "epochs": len(history),
         "final_train_loss": history[-1]["loss"],
         "cost": history.cost(),
+        "warmup": warmup,
         # the paper's code kept the epoch with the best VRA on the *test* set: reported apart, labelled
         "best_on_test": None
         if best is None
@@ -195,6 +197,20 @@ def train_experiment(
     write_json(run_dir / "train.json", summary)
     (run_dir / "scratch.pt").unlink(missing_ok=True)
     return summary
+
+
+def warm_up(net: GloroNet, train_split: Split, experiment: Experiment, device: torch.device, progress: bool) -> dict:
+    """The CIFAR recipe's warm-up: plain cross-entropy on the wrapped model, a fresh Adam at 1e-3, the same
+    augmentation; returns the warm-up's cost summary."""
+    recipe = TrainingRecipe(
+        epochs=experiment.warmup_epochs,
+        batch_size=experiment.batch_size,
+        loss="clean",
+        augmentation=experiment.augmentation,
+        seed=experiment.seed,
+    )
+    history = train(net, train_split.float_images(), train_split.labels, recipe, device=device, progress=progress)
+    return {"epochs": len(history), **history.cost()}
 
 
 def certify_experiment(

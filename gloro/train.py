@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gloro.atomic import torch_save
@@ -27,7 +28,7 @@ try:
 except ImportError:  # not on Windows: peak memory on the CPU is then not recorded
     resource = None
 
-LOSSES = ("gloro", "trades")
+LOSSES = ("gloro", "trades", "clean")  # clean: plain CE on the wrapped model's logits (warm-up)
 BEST_SELECTION = "the epoch with the highest eval_vra (the first on ties); the paper's code selected on the test set"
 
 
@@ -244,6 +245,8 @@ def train_epoch(
         logits = net(x)
         if recipe.loss == "gloro":
             loss = gloro_cross_entropy(logits, y)
+        elif recipe.loss == "clean":
+            loss = F.cross_entropy(logits[:, :-1], y)
         else:
             loss = gloro_trades(logits, y, lam, recipe.trades_robust_term)
         optimizer.zero_grad(set_to_none=True)

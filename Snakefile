@@ -14,17 +14,19 @@ if not workflow.overwrite_configfiles:
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+include: "workflow/rules/common.smk"
+
+
 report: "workflow/report/workflow.rst"
 
 RESULTS = config["results"]
-EXPERIMENTS = sorted(config["experiments"])
+EXPERIMENTS = selected_experiments(config)
 
 
 wildcard_constraints:
     experiment="|".join(EXPERIMENTS),
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/certify.smk"
 include: "workflow/rules/attack.smk"

@@ -50,6 +50,7 @@ class Experiment:
     power_iterations: int = 10
     augmentation: str = "none"
     seed: int = 0
+    when_available: bool = False
     subset: dict = field(default_factory=dict)
 
     @classmethod

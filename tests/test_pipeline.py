@@ -102,3 +102,18 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     second = snakemake("--configfile", str(config))
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
+
+
+def test_an_experiment_marked_when_available_is_left_out_without_its_data(tmp_path):
+    config = yaml.safe_load(write_config(tmp_path / "c.yaml", tmp_path / "results").read_text())
+    config["data_cache"] = str(tmp_path / "cache")
+    config["experiments"]["absent"] = {
+        **config["experiments"]["tiny_gloro"],
+        "dataset": "mnist",
+        "when_available": True,
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(tmp_path / "c.yaml"), "--quiet", "rules")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "leaving out absent" in result.stderr
+    assert "train" in result.stdout and "absent" not in result.stdout

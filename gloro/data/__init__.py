@@ -24,6 +24,7 @@ from gloro.data.errors import (
 )
 from gloro.data.registry import (
     DatasetSpec,
+    dataset_available,
     dataset_spec,
     datasets,
     default_cache_dir,
@@ -47,6 +48,7 @@ __all__ = [
     "augment_tiny_imagenet",
     "augmentation",
     "augmentations",
+    "dataset_available",
     "dataset_spec",
     "datasets",
     "default_cache_dir",

@@ -195,6 +195,19 @@ def prepare_dataset(name: str, *, splits: tuple[str, ...] = SPLITS, **options) -
     return {split: load_dataset(name, split, **options) for split in splits}
 
 
+def dataset_available(
+    name: str, *, data_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> bool:
+    """Whether both splits of `name` can be read without a download (bundled, found on disk, or cached)."""
+    spec = dataset_spec(name)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folders = search_folders(spec, Path(data_dir).expanduser() if data_dir is not None else None, cache_dir)
+    return all(
+        _locate(spec, split, folders) is not None or (cache_dir / f"{spec.name}-{split}.pt").is_file()
+        for split in SPLITS
+    )
+
+
 def search_folders(spec: DatasetSpec, data_dir: Path | None, cache_dir: Path) -> list[Path]:
     """Folders searched for the official files, in order of preference."""
     folders = []

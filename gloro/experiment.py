@@ -175,6 +175,10 @@ def train_experiment(
     metadata = {"experiment": experiment.name, "selection": "final"}
     save(net.cpu(), run_dir / "model.pt", input_divisor=train_split.divisor, metadata=metadata)
     best = history.best
+    if best is not None:  # kept for inspection, never mixed with the final model's numbers
+        net.load_state_dict(best.state_dict)
+        selected = {"experiment": experiment.name, "selection": best.selection, "epoch": best.epoch}
+        save(net, run_dir / "model_best_on_test.pt", input_divisor=train_split.divisor, metadata=selected)
     summary = {
         "experiment": asdict(experiment),
         "data": train_split.metadata(),

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import gloro
 from gloro.experiment import DataOptions, Experiment, train_experiment
 
 SETTINGS = {
@@ -35,3 +36,6 @@ def test_warm_up_epochs_run_plain_cross_entropy_before_gloro_training(tmp_path):
     assert recorded["warmup"]["epochs"] == 2
     assert not (tmp_path / "scratch.pt").exists()  # removed once training finished
     assert (tmp_path / "model.pt").is_file()
+    best = gloro.load(tmp_path / "model_best_on_test.pt")
+    assert best.metadata["epoch"] == recorded["best_on_test"]["epoch"]
+    assert best.metadata["selection"] != "final"

@@ -25,8 +25,10 @@ EXPERIMENTS = selected_experiments(config)
 
 wildcard_constraints:
     experiment="|".join(EXPERIMENTS),
+    dataset=DATASET_PATTERN,
 
 
+include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/certify.smk"
 include: "workflow/rules/attack.smk"

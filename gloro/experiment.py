@@ -7,6 +7,7 @@ The pipeline's rule scripts are a few lines around `train_experiment`, `certify_
 from __future__ import annotations
 
 import csv
+import json
 import platform
 import subprocess
 import time
@@ -26,7 +27,7 @@ from gloro.gloro_net import GloroNet
 from gloro.local_certify import compare_local_global
 from gloro.schedules import schedule_from_config
 from gloro.tightness import global_tightness
-from gloro.train import TrainingRecipe, train
+from gloro.train import TrainingRecipe, finished_epochs, train
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,14 @@ def train_experiment(
         seed=experiment.seed,
     )
     test_split = data.load(experiment, "test", progress)
+    scratch, warmup_file = run_dir / "scratch.pt", run_dir / "warmup.json"
     start = time.perf_counter()
-    warmup = warm_up(net, train_split, experiment, device, progress) if experiment.warmup_epochs else None
+    warmup = None
+    if experiment.warmup_epochs and finished_epochs(scratch, recipe) and warmup_file.is_file():
+        warmup = json.loads(warmup_file.read_text())  # warmed-up weights are in the scratch file: not again
+    elif experiment.warmup_epochs:
+        warmup = warm_up(net, train_split, experiment, device, progress)
+        write_json(warmup_file, warmup)
     history = train(
         net,
         train_split.float_images(),
@@ -169,7 +176,7 @@ def train_experiment(
         progress=progress,
         eval_images=test_split.float_images(),
         eval_labels=test_split.labels,
-        scratch=run_dir / "scratch.pt",  # a killed job resumes after its last finished epoch
+        scratch=scratch,  # a killed job resumes after its last finished epoch
     )
     seconds = time.perf_counter() - start
     metadata = {"experiment": experiment.name, "selection": "final"}
@@ -200,7 +207,8 @@ def train_experiment(
     }
     write_csv(run_dir / "history.csv", list(history))
     write_json(run_dir / "train.json", summary)
-    (run_dir / "scratch.pt").unlink(missing_ok=True)
+    scratch.unlink(missing_ok=True)
+    warmup_file.unlink(missing_ok=True)
     return summary
 
 

@@ -199,24 +199,39 @@ def save_scratch(path, recipe, net, optimizer, generator, history: TrainingHisto
     torch_save(payload, path)
 
 
-def resume(path, recipe, net, optimizer, generator, history: TrainingHistory) -> int:
-    """Restore a scratch file written for the same recipe; returns the epoch to start from (0 without one)."""
+def read_scratch(path, recipe: TrainingRecipe) -> dict | None:
+    """The scratch file at `path` if it exists, is readable and was written for `recipe`; else None (warned)."""
     path = Path(path)
     if not path.is_file():
-        return 0
+        return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged scratch file only costs the epochs it held
         warnings.warn(f"ignoring unreadable training scratch file {path} ({error}); starting over", stacklevel=3)
-        return 0
+        return None
     if payload.get("recipe") != repr(recipe):
         warnings.warn(f"ignoring training scratch file {path}: it was written for another recipe", stacklevel=3)
+        return None
+    return payload
+
+
+def finished_epochs(path, recipe: TrainingRecipe) -> int:
+    """How many epochs a usable scratch file at `path` holds (0 without one)."""
+    payload = read_scratch(path, recipe)
+    return 0 if payload is None else len(payload["history"])
+
+
+def resume(path, recipe, net, optimizer, generator, history: TrainingHistory) -> int:
+    """Restore a scratch file written for the same recipe; returns the epoch to start from (0 without one)."""
+    payload = read_scratch(path, recipe)
+    if payload is None:
         return 0
     net.load_state_dict(payload["net"])
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["generator"])
     history.extend(payload["history"])
     history.best = None if payload["best"] is None else BestModel(**payload["best"])
+    print(f"resuming after epoch {len(history) - 1} of {recipe.epochs} from {path}", file=sys.stderr)
     return len(history)
 
 

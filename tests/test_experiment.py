@@ -39,3 +39,23 @@ def test_warm_up_epochs_run_plain_cross_entropy_before_gloro_training(tmp_path):
     best = gloro.load(tmp_path / "model_best_on_test.pt")
     assert best.metadata["epoch"] == recorded["best_on_test"]["epoch"]
     assert best.metadata["selection"] != "final"
+
+
+def test_a_job_killed_after_its_warm_up_resumes_without_warming_up_again(tmp_path, monkeypatch):
+    experiment = Experiment.from_config("warm", {**SETTINGS, "warmup_epochs": 1})
+    warm_ups = []
+    original = gloro.experiment.warm_up
+    monkeypatch.setattr(gloro.experiment, "warm_up", lambda *args: warm_ups.append(1) or original(*args))
+
+    def killed(*args):
+        raise KeyboardInterrupt  # after the last epoch's scratch file was written, before the outputs
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gloro.experiment, "write_csv", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_experiment(experiment, tmp_path, DataOptions(), torch.device("cpu"), progress=False)
+    assert (tmp_path / "scratch.pt").is_file() and (tmp_path / "warmup.json").is_file()
+    summary = train_experiment(experiment, tmp_path, DataOptions(), torch.device("cpu"), progress=False)
+    assert warm_ups == [1]
+    assert summary["warmup"]["epochs"] == 1 and summary["epochs"] == 2
+    assert not (tmp_path / "scratch.pt").exists() and not (tmp_path / "warmup.json").exists()

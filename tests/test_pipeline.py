@@ -1,7 +1,10 @@
 """The Snakemake pipeline: config validation, the paper's job graph, and an end-to-end run on digits."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +37,7 @@ def write_config(path: Path, results: Path, **experiment) -> Path:
     }
     config = {
         "results": str(results),
+        "data_cache": str(results.parent / "cache"),
         "evaluation": {"pgd": {"steps": 10, "restarts": 1}, "radii": [0, 0.1, 0.3]},
         "experiments": {"tiny_gloro": settings, "tiny_trades": {**settings, "loss": "trades"}},
     }
@@ -58,15 +62,17 @@ def test_an_invalid_config_is_rejected_before_any_job(tmp_path, change, named):
     assert not (tmp_path / "results").exists()
 
 
-def test_a_dry_run_of_the_paper_config_lists_every_job():
-    result = snakemake("-n", "--configfile", "config/paper.yaml", "--quiet", "rules")
+def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
+    cache = f"data_cache={tmp_path / 'cache'}"
+    result = snakemake("-n", "--configfile", "config/paper.yaml", "--config", cache, "--quiet", "rules")
     assert result.returncode == 0, result.stderr
     counts = {}
     for line in result.stdout.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    assert counts == {"all": 1, "attack": 8, "bounds": 8, "certify": 8, "report": 1, "train": 8, "total": 34}
+    expected = {"all": 1, "attack": 8, "bounds": 8, "certify": 8, "report": 1, "train": 8, "prepare_data": 3}
+    assert counts == {**expected, "total": 37}  # mnist, cifar10 and tiny-imagenet are each prepared once
 
 
 @pytest.mark.slow
@@ -75,6 +81,9 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", results)
     first = snakemake("--configfile", str(config))
     assert first.returncode == 0, first.stderr[-3000:]
+    for split in ("train", "test"):  # prepared once, by rule prepare_data, for both experiments
+        assert (tmp_path / "cache" / f"digits-{split}.pt").is_file()
+    assert (results / "logs" / "prepare_data" / "digits.log").is_file()
     runs = pd.read_csv(results / "tables" / "runs.csv")
     assert sorted(runs["experiment"]) == ["tiny_gloro", "tiny_trades"]
     for column in ("clean_accuracy", "vra", "pgd_accuracy", "rejection_rate"):
@@ -104,9 +113,35 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert "Nothing to be done" in second.stdout + second.stderr
 
 
+@pytest.mark.slow
+def test_a_training_job_killed_mid_run_resumes_from_its_last_epoch(tmp_path):
+    results = tmp_path / "results"
+    config = write_config(tmp_path / "long.yaml", results, epochs=30, subset={"train": 1000, "test": 100})
+    model = results / "runs" / "tiny_gloro" / "model.pt"
+    scratch = model.parent / "scratch.pt"
+    command = [sys.executable, "-m", "snakemake", str(model), "--cores", "2", "--configfile", str(config)]
+    job = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not scratch.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # the whole job, as a node failure or the OOM killer would
+    job.wait()
+    assert scratch.exists() and not model.exists(), "the job ended before it could be killed mid-run"
+
+    assert snakemake("--configfile", str(config), "--unlock").returncode == 0
+    resumed = snakemake(str(model), "--configfile", str(config))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (results / "logs" / "train" / "tiny_gloro.log").read_text()
+    assert "resuming after epoch" in log
+    done = int(log.split("resuming after epoch ")[1].split()[0]) + 1
+    assert 0 < done < 30
+    history = pd.read_csv(model.parent / "history.csv")
+    assert history["epoch"].tolist() == list(range(30))  # every epoch once: none lost, none repeated
+    assert not scratch.exists()
+
+
 def test_an_experiment_marked_when_available_is_left_out_without_its_data(tmp_path):
     config = yaml.safe_load(write_config(tmp_path / "c.yaml", tmp_path / "results").read_text())
-    config["data_cache"] = str(tmp_path / "cache")
     config["experiments"]["absent"] = {
         **config["experiments"]["tiny_gloro"],
         "dataset": "mnist",

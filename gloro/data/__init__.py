@@ -24,6 +24,7 @@ from gloro.data.errors import (
 )
 from gloro.data.registry import (
     DatasetSpec,
+    cache_file,
     dataset_available,
     dataset_spec,
     datasets,
@@ -48,6 +49,7 @@ __all__ = [
     "augment_tiny_imagenet",
     "augmentation",
     "augmentations",
+    "cache_file",
     "dataset_available",
     "dataset_spec",
     "datasets",

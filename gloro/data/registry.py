@@ -203,9 +203,15 @@ def dataset_available(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folders = search_folders(spec, Path(data_dir).expanduser() if data_dir is not None else None, cache_dir)
     return all(
-        _locate(spec, split, folders) is not None or (cache_dir / f"{spec.name}-{split}.pt").is_file()
+        _locate(spec, split, folders) is not None or cache_file(name, split, cache_dir).is_file()
         for split in SPLITS
     )
+
+
+def cache_file(name: str, split: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cached file that `load_dataset(name, split)` reads and, the first time, writes."""
+    spec = dataset_spec(name)
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"{spec.name}-{split}.pt"
 
 
 def search_folders(spec: DatasetSpec, data_dir: Path | None, cache_dir: Path) -> list[Path]:
@@ -243,10 +249,10 @@ def _load(
 ) -> Split:
     folders = search_folders(spec, data_dir, cache_dir)
     location = _locate(spec, split, folders)
-    cache_file = cache_dir / f"{spec.name}-{split}.pt"
-    cached = _read_cache(cache_file, spec, split)
+    cached_path = cache_file(spec.name, split, cache_dir)
+    cached = _read_cache(cached_path, spec, split)
     if cached is not None and _current(cached["meta"], location, strict):
-        return _split(spec, split, cached["images"], cached["labels"], cached["meta"], cache_file)
+        return _split(spec, split, cached["images"], cached["labels"], cached["meta"], cached_path)
     if location is None:
         if not download:
             raise DatasetUnavailableError(_unavailable(spec, split, folders, cache_dir, "downloading is off"))
@@ -265,11 +271,11 @@ def _load(
         "official": official,
     }
     images, labels = torch.from_numpy(raw.images), torch.from_numpy(raw.labels)
-    _write_cache(cache_file, {"format": CACHE_FORMAT, "images": images, "labels": labels, "meta": meta})
-    return _split(spec, split, images, labels, meta, cache_file)
+    _write_cache(cached_path, {"format": CACHE_FORMAT, "images": images, "labels": labels, "meta": meta})
+    return _split(spec, split, images, labels, meta, cached_path)
 
 
-def _split(spec, split, images, labels, meta, cache_file: Path) -> Split:
+def _split(spec, split, images, labels, meta, cached_path: Path) -> Split:
     return Split(
         name=spec.name,
         split=split,
@@ -278,7 +284,7 @@ def _split(spec, split, images, labels, meta, cache_file: Path) -> Split:
         class_names=tuple(meta["class_names"]),
         divisor=float(meta["divisor"]),
         sources=tuple(meta["sources"]),
-        cache_file=str(cache_file),
+        cache_file=str(cached_path),
         location=meta["location"],
     )
 

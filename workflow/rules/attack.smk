@@ -2,6 +2,7 @@ rule attack:
     """PGD accuracy at the eval ε, and an audit attacking every certified point (a broken one fails the run)."""
     input:
         model=rules.train.output.model,
+        test_data=experiment_data("test"),
     output:
         report=f"{run_dir()}/attack.json",
     params:

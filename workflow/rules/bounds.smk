@@ -2,6 +2,7 @@ rule bounds:
     """Local vs global certification of the same model, and the global bound's tightness (empirical lower bound)."""
     input:
         model=rules.train.output.model,
+        test_data=experiment_data("test"),
     output:
         report=f"{run_dir()}/bounds.json",
     params:

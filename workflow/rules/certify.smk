@@ -2,6 +2,7 @@ rule certify:
     """Freeze the trained net and certify the test split at the eval ε with sound constants."""
     input:
         model=rules.train.output.model,
+        test_data=experiment_data("test"),
     output:
         report=f"{run_dir()}/certify.json",
         radii=f"{run_dir()}/radii.csv",

@@ -1,7 +1,9 @@
 # Helpers shared by the rules: which experiments run, per-experiment settings, resources.
+import re
+import shlex
 import sys
 
-from gloro.data import dataset_available
+from gloro.data import dataset_available, datasets
 
 
 def selected_experiments(config):
@@ -25,6 +27,30 @@ def experiment_settings(wildcards):
     return config["experiments"][wildcards.experiment]
 
 
+def data_file(dataset, split):
+    """The cached split that rule prepare_data writes (`dataset` may be a wildcard pattern)."""
+    return f"{config['data_cache']}/{dataset}-{split}.pt"
+
+
+def experiment_data(split):
+    """An input function: the cached `split` of the experiment's data set."""
+
+    def data(wildcards):
+        return data_file(config["experiments"][wildcards.experiment]["dataset"], split)
+
+    return data
+
+
+def prepare_options():
+    """Command-line options of `python -m gloro.data prepare` for this config's data folders and download switch."""
+    options = ["--cache-dir", config["data_cache"]]
+    if config["data_dir"]:
+        options += ["--data-dir", config["data_dir"]]
+    if not config["download"]:
+        options.append("--no-download")
+    return " ".join(shlex.quote(option) for option in options)
+
+
 def run_dir(experiment="{experiment}"):
     """The run folder of one experiment (a wildcard pattern by default)."""
     return f"{RESULTS}/runs/{experiment}"
@@ -36,3 +62,4 @@ DATA_OPTIONS = {
     "download": config["download"],
 }
 GPU = 1 if config["device"] in ("auto", "cuda") or config["device"].startswith("cuda") else 0
+DATASET_PATTERN = "|".join(re.escape(name) for name in datasets())

@@ -1,5 +1,8 @@
 rule train:
     """Train one experiment: final checkpoint, per-epoch history and a summary with provenance."""
+    input:
+        train_data=experiment_data("train"),
+        test_data=experiment_data("test"),
     output:
         model=f"{run_dir()}/model.pt",
         history=f"{run_dir()}/history.csv",

@@ -271,7 +271,13 @@ def attack_experiment(
 
 
 def bounds_experiment(
-    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, points: int, tightness_steps: int
+    experiment: Experiment,
+    run_dir: Path,
+    data: DataOptions,
+    device: torch.device,
+    points: int,
+    tightness_steps: int,
+    tightness_pairs: int | None = None,
 ) -> dict:
     """Local vs global certification on the first `points` test points, and the global bound's tightness.
 
@@ -285,7 +291,9 @@ def bounds_experiment(
     images, labels = test_split.float_images()[:points], test_split.labels[:points]
     comparison = compare_local_global(net, images, labels)
     comparison.pop("points", None)
-    tightness = global_tightness(net, inputs=images, steps=tightness_steps, seed=experiment.seed)
+    tightness = global_tightness(
+        net, inputs=images, steps=tightness_steps, seed=experiment.seed, max_pairs=tightness_pairs
+    )
     tightness.pop("pairs", None)
     result = {"local_vs_global": comparison, "tightness": tightness}
     write_json(run_dir / "bounds.json", result)

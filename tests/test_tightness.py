@@ -117,3 +117,29 @@ def test_bad_search_settings_are_rejected(trained):
         local_margin_lipschitz_lower_bound(net, x[:2] + 2, EPSILON, box=(0.0, 1.0))
     with pytest.raises(ValueError, match="epsilon"):
         local_margin_lipschitz_lower_bound(net, x[:2], 0.0)
+
+
+def test_searching_in_chunks_finds_the_same_pairs_as_all_at_once():
+    net, _ = linear_net()
+    whole = margin_lipschitz_lower_bound(net, steps=20, restarts=3, batch_size=1000)
+    chunked = margin_lipschitz_lower_bound(net, steps=20, restarts=3, batch_size=7)
+    assert torch.allclose(whole, chunked, rtol=1e-6, atol=0)
+    x = torch.rand(4, 16)
+    _, local_whole = local_margin_lipschitz_lower_bound(net, x, EPSILON, steps=10, batch_size=1000)
+    _, local_chunked = local_margin_lipschitz_lower_bound(net, x, EPSILON, steps=10, batch_size=5)
+    assert torch.allclose(local_whole, local_chunked, rtol=1e-6, atol=0)
+
+
+def test_a_sample_of_class_pairs_is_searched_when_there_are_too_many():
+    net, exact = linear_net()  # 5 classes: 10 pairs
+    lower = margin_lipschitz_lower_bound(net, steps=50, restarts=2, max_pairs=4)
+    first, second = torch.triu_indices(5, 5, offset=1)
+    searched = ~lower[first, second].isnan()
+    assert int(searched.sum()) == 4
+    assert bool((lower[first, second][searched] <= exact[first, second][searched] * (1 + 1e-9)).all())
+    assert torch.equal(lower.isnan(), lower.T.isnan()) and bool((lower.diagonal() == 0).all())
+    report = global_tightness(net, steps=50, restarts=2, max_pairs=4)
+    assert report["pairs_searched"] == 4 and report["pairs_total"] == 10 and len(report["pairs"]) == 4
+    json.dumps(report, allow_nan=False)
+    with pytest.raises(ValueError, match="max_pairs"):
+        margin_lipschitz_lower_bound(net, max_pairs=0)

@@ -18,4 +18,5 @@ with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contex
         resolve_device(snakemake.params.device),
         points=evaluation["local_points"],
         tightness_steps=evaluation["tightness_steps"],
+        tightness_pairs=evaluation["tightness_pairs"],
     )

@@ -1,5 +1,6 @@
 """The Snakemake pipeline: config validation, the paper's job graph, and an end-to-end run on digits."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+
+import gloro.data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,3 +156,57 @@ def test_an_experiment_marked_when_available_is_left_out_without_its_data(tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     assert "leaving out absent" in result.stderr
     assert "train" in result.stdout and "absent" not in result.stdout
+
+
+def write_official_cache(cache: Path, name: str, examples: int = 64) -> None:
+    """A stand-in cached split of `name` (random pixels) marked official, so the paper config finds its data."""
+    spec = gloro.data.dataset_spec(name)
+    generator = torch.Generator().manual_seed(0)
+    cache.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        meta = {
+            "dataset": name,
+            "split": split,
+            "shape": [examples, *spec.shape],
+            "class_names": [str(label) for label in range(spec.num_classes)],
+            "divisor": spec.divisor,
+            "location": "synthetic",
+            "fingerprint": [],
+            "sources": [],
+            "official": True,
+        }
+        images = torch.randint(0, 256, (examples, *spec.shape), generator=generator, dtype=torch.uint8)
+        labels = torch.randint(0, spec.num_classes, (examples,), generator=generator)
+        payload = {"format": 1, "images": images, "labels": labels, "meta": meta}
+        torch.save(payload, gloro.data.cache_file(name, split, cache))
+
+
+@pytest.mark.slow
+def test_the_paper_config_trains_and_certifies_each_data_set_unchanged_but_for_size(tmp_path):
+    # one experiment per data set and architecture family, one epoch each, on stand-in data of the real shapes
+    for name in ("mnist", "cifar10", "tiny-imagenet"):
+        write_official_cache(tmp_path / "cache", name)
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    shrink = {
+        "results": str(tmp_path / "results"),
+        "data_cache": str(tmp_path / "cache"),
+        "download": False,
+        "experiments": {name: {"epochs": 1, "batch_size": 32} for name in paper["experiments"]},
+    }
+    shrink["experiments"]["cifar10_36_gloro"]["warmup_epochs"] = 1
+    (tmp_path / "shrink.yaml").write_text(yaml.safe_dump(shrink))
+    runs = tmp_path / "results" / "runs"
+    targets = [
+        str(runs / "mnist_1_58_trades" / "certify.json"),
+        str(runs / "cifar10_36_gloro" / "certify.json"),
+        str(runs / "tiny_imagenet_36_trades" / "model.pt"),
+    ]
+    result = snakemake(*targets, "--configfile", "config/paper.yaml", str(tmp_path / "shrink.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for experiment in ("mnist_1_58_trades", "cifar10_36_gloro"):
+        report = json.loads((runs / experiment / "certify.json").read_text())
+        assert 0 <= report["vra"] <= report["clean_accuracy"] <= 1
+    summary = json.loads((runs / "cifar10_36_gloro" / "train.json").read_text())
+    assert summary["warmup"]["epochs"] == 1 and summary["experiment"]["augmentation"] == "cifar10"
+    tiny = gloro.load(runs / "tiny_imagenet_36_trades" / "model.pt")
+    assert tiny.input_shape == (3, 64, 64) and tiny.num_classes == 200

@@ -78,9 +78,12 @@ class PowerIterationBound(LayerBound):
         x = self.iterate
         for _ in range(iterations):
             x = self.adjoint(self.operator(x, weight), weight)
-            x = x / torch.linalg.vector_norm(x).clamp_min(1e-30)
-        # A zero operator maps everything to 0: keep the old direction rather than a zero iterate
-        self.iterate.copy_(torch.where(torch.linalg.vector_norm(x) > 0, x, self.iterate))
+            x = x.div_(torch.linalg.vector_norm(x))  # a zero operator gives NaN here; see keep_direction
+        self.keep_direction(x)
+
+    def keep_direction(self, x: torch.Tensor) -> None:
+        """Store the new iterate, unless it is not a unit vector (a zero operator): then keep the old direction."""
+        self.iterate.copy_(torch.where(torch.linalg.vector_norm(x) > 0, x.view_as(self.iterate), self.iterate))
 
     def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
         """σ ≈ ‖A x‖ at the unit iterate x; its gradient is u xᵀ, the spectral norm's gradient at convergence."""
@@ -108,8 +111,9 @@ class LinearBound(PowerIterationBound):
 class Conv2dBound(PowerIterationBound):
     """nn.Conv2d as the padded, strided operator at the layer's real input shape (C, H, W).
 
-    Small operators iterate as im2col matrix products (unfold / fold), which at batch 1 cost a fraction of
-    a conv2d + conv_transpose2d dispatch; larger ones use the convolutions themselves.
+    Small operators iterate as matrix products on gathered columns (im2col, and its adjoint as a gather
+    and a sum), which at batch 1 cost a fraction of a conv2d + conv_transpose2d dispatch; larger ones use
+    the convolutions themselves.
     """
 
     def __init__(self, layer: nn.Conv2d, input_shape: Sequence[int], generator: torch.Generator | None) -> None:
@@ -125,22 +129,65 @@ class Conv2dBound(PowerIterationBound):
             for size, out, s, p, k in zip(self.input_shape[1:], out_hw, self.stride, self.padding, self.kernel_size)
         )
         self.as_matrix = layer.weight[0].numel() * math.prod(out_hw) <= IM2COL_MAX_ENTRIES
+        if self.as_matrix:  # index buffers follow the module across devices, but stay out of checkpoints
+            columns, fold = im2col_indices(self.input_shape, self.kernel_size, self.stride, self.padding)
+            self.register_buffer("column_index", columns, persistent=False)
+            self.register_buffer("fold_index", fold, persistent=False)
 
     def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.as_matrix:
-            columns = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)[0]
-            return weight.flatten(1) @ columns
+            return weight.flatten(1) @ F.pad(x.flatten(), (0, 1)).take(self.column_index)
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
     def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.as_matrix:
-            columns = weight.flatten(1).T @ y
-            shape = self.input_shape[1:]
-            return F.fold(columns[None], shape, self.kernel_size, padding=self.padding, stride=self.stride)
+            columns = F.pad((weight.flatten(1).T @ y).flatten(), (0, 1))
+            return columns.take(self.fold_index).sum(0).view(1, *self.input_shape)
         return F.conv_transpose2d(y, weight, None, self.stride, self.padding, self.output_padding)
+
+    @torch.no_grad()
+    def advance(self, weight: torch.Tensor, iterations: int) -> None:
+        """As `PowerIterationBound.advance`; the matrix form writes into two zero-padded buffers, so each step
+        is seven small kernels (gather, two products, gather, sum, norm, scale) with no reshaping copies."""
+        if not self.as_matrix:
+            return super().advance(weight, iterations)
+        matrix = weight.reshape(len(weight), -1)  # one copy for a channels_last weight, not one per step
+        x = F.pad(self.iterate.flatten(), (0, 1))
+        columns = x.new_zeros(self.column_index.numel() + 1)
+        body, column_body = x[:-1], columns[:-1].view(self.column_index.shape)
+        for _ in range(iterations):
+            torch.mm(matrix.T, matrix @ x.take(self.column_index), out=column_body)
+            torch.sum(columns.take(self.fold_index), 0, out=body)
+            body.div_(torch.linalg.vector_norm(body))
+        self.keep_direction(body)
 
     def sound(self, layer: nn.Module) -> torch.Tensor:
         return conv2d_sound_norm(layer.weight, self.input_shape, self.stride, self.padding)
+
+
+def im2col_indices(
+    input_shape: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices of a conv's im2col and of its adjoint, for a flattened input with one zero appended.
+
+    `columns` (C·kh·kw, L): input position of each column entry (n, the appended zero, for padding).
+    `fold` (r, n): for each input position, the column entries that read it, padded with the index of a
+    zero appended to the flattened columns; summing the gathered rows gives the adjoint (col2im).
+    """
+    n = math.prod(input_shape)
+    positions = torch.arange(1, n + 1, dtype=torch.float64).view(1, *input_shape)  # exact below 2^53
+    columns = F.unfold(positions, tuple(kernel), padding=tuple(padding), stride=tuple(stride))[0].long() - 1
+    columns[columns < 0] = n
+    flat = columns.flatten()
+    order = torch.argsort(flat, stable=True)
+    targets = flat[order]
+    inside = targets < n
+    order, targets = order[inside], targets[inside]
+    counts = torch.bincount(targets, minlength=n)
+    rank = torch.arange(len(targets)) - (torch.cumsum(counts, 0) - counts)[targets]
+    fold = torch.full((max(int(counts.max()), 1), n), len(flat), dtype=torch.long)
+    fold[rank, targets] = order
+    return columns, fold
 
 
 def check_plain_conv(layer: nn.Conv2d) -> None:

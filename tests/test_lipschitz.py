@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -58,6 +59,22 @@ def test_conv_power_iteration_and_sound_bound_match_exact_norm(case, seed):
     assert float(bound.sound(layer)) >= exact * (1 - 1e-9)
     circulant = float(conv2d_circulant_bound(layer.weight, shape[1:], (stride, stride), (padding, padding)))
     assert circulant >= exact * (1 - 1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases, seed=st.integers(0, 2**16))
+def test_gathered_columns_are_the_conv_and_its_adjoint(case, seed):
+    c_in, c_out, kernel, stride, padding, height, width = case
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(c_in, c_out, kernel, stride, padding).double().to(memory_format=torch.channels_last)
+    bound = Conv2dBound(layer, (c_in, height, width), None)
+    assert bound.as_matrix
+    x = torch.randn(1, c_in, height, width, dtype=torch.float64)
+    y = F.conv2d(x, layer.weight, None, stride, padding)
+    assert torch.allclose(bound.operator(x, layer.weight).view_as(y), y)
+    v = torch.randn_like(y)
+    back = F.conv_transpose2d(v, layer.weight, None, stride, padding, bound.output_padding)
+    assert torch.allclose(bound.adjoint(v.flatten(2)[0], layer.weight), back)
 
 
 @pytest.mark.parametrize(
@@ -161,5 +178,5 @@ def test_a_zero_operator_keeps_the_previous_iterate():
     with torch.no_grad():
         layer.weight.zero_()
     start = bound.iterate.clone()
-    assert float(bound.estimate(layer, 10)) == 0.0
+    assert float(bound.estimate(layer, 10).detach()) == 0.0
     assert torch.equal(bound.iterate, start)

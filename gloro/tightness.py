@@ -3,8 +3,8 @@
 For the margin g_ij(x) = y_j(x) − y_i(x), any pair gives |g_ij(x1) − g_ij(x2)| / ‖x1 − x2‖₂ ≤ Lip(g_ij) ≤ K_ij, so
 the best ratio found is a lower bound on the true margin Lipschitz constant and sound / lower bounds the
 looseness of K_ij. As in the official tools' `lower_bounds`, Adam maximises the ratio over pairs (x1, x2); here
-every restart is a pair optimised in parallel with the others, the best pair seen is kept, and its ratio is
-recomputed in float64 so that float32 rounding cannot inflate the reported bound.
+every restart is a pair optimised alongside the others (in memory-bounded batches), the best pair seen is kept,
+and its ratio is recomputed in float64 so that float32 rounding cannot inflate the reported bound.
 
 Inputs are unconstrained by default (`box=None`). The global K_ij bounds the Lipschitz constant on all of ℝⁿ
 (and a certificate's ε-ball around a point near the edge of [0,1]ⁿ leaves the cube), so searching ℝⁿ measures the

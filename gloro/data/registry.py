@@ -209,9 +209,11 @@ def dataset_available(
 
 
 def cache_file(name: str, split: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cached file that `load_dataset(name, split)` reads and, the first time, writes."""
-    spec = dataset_spec(name)
-    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"{spec.name}-{split}.pt"
+    """The cached file that `load_dataset(name, split)` reads and, the first time, writes.
+
+    The name is not looked up, so a pattern such as Snakemake's "{dataset}" gives the pattern of the path.
+    """
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"{name}-{split}.pt"
 
 
 def search_folders(spec: DatasetSpec, data_dir: Path | None, cache_dir: Path) -> list[Path]:

@@ -3,7 +3,7 @@ import re
 import shlex
 import sys
 
-from gloro.data import dataset_available, datasets
+from gloro.data import cache_file, dataset_available, datasets
 
 
 def selected_experiments(config):
@@ -29,7 +29,7 @@ def experiment_settings(wildcards):
 
 def data_file(dataset, split):
     """The cached split that rule prepare_data writes (`dataset` may be a wildcard pattern)."""
-    return f"{config['data_cache']}/{dataset}-{split}.pt"
+    return str(cache_file(dataset, split, config["data_cache"]))
 
 
 def experiment_data(split):

@@ -180,3 +180,46 @@ def test_a_zero_operator_keeps_the_previous_iterate():
     start = bound.iterate.clone()
     assert float(bound.estimate(layer, 10).detach()) == 0.0
     assert torch.equal(bound.iterate, start)
+
+
+def reference_iterate(matrix: torch.Tensor, start: torch.Tensor, steps: int) -> torch.Tensor:
+    """Textbook power iteration on AᵀA (normalised every step), in float64."""
+    x = start.flatten().double()
+    for _ in range(steps):
+        x = matrix.T @ (matrix @ x)
+        x = x / x.norm()
+    return x
+
+
+def explicit_matrix(bound, layer: nn.Module) -> torch.Tensor:
+    """The operator A of a power-iteration bound as a float64 matrix, column by column."""
+    n = bound.iterate.numel()
+    basis = torch.eye(n, dtype=torch.float64).view(n, *bound.iterate.shape[1:])
+    weight = layer.weight.detach().double()
+    return torch.stack([bound.operator(e[None], weight).flatten() for e in basis], dim=1)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e12, 1e-12])
+@pytest.mark.parametrize("steps", [1, 4, 5, 7, 10, 13])
+@pytest.mark.parametrize(
+    "case", ["linear", "conv_gram", "conv_columns", "conv_convolutions"]
+)
+def test_rarely_rescaled_iteration_matches_the_textbook_iteration(case, steps, scale):
+    """Scaling A and rescaling the iterate only now and then must leave every iterate's direction unchanged,
+    even for weights far from unit size (no overflow or underflow in float32)."""
+    torch.manual_seed(steps)
+    if case == "linear":
+        layer = nn.Linear(40, 12)
+        bound = LinearBound(layer, torch.Generator().manual_seed(1))
+    else:
+        layer = nn.Conv2d(1, 9, 3, 2, 1) if case == "conv_gram" else nn.Conv2d(3, 4, 3, 2, 1)
+        bound = Conv2dBound(layer, (layer.in_channels, 9, 9), torch.Generator().manual_seed(1))
+        bound.as_matrix = case != "conv_convolutions"
+        assert bound.through_gram == (case == "conv_gram")
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+    matrix = explicit_matrix(bound, layer)
+    expected = reference_iterate(matrix, bound.iterate, steps)
+    bound.advance(layer.weight.detach(), steps)
+    assert torch.isfinite(bound.iterate).all()
+    assert torch.allclose(bound.iterate.flatten().double(), expected, atol=1e-5)

@@ -67,7 +67,12 @@ def run_checked(command: list[str], what: str, timeout: float) -> str:
     """Run a command; raise RuntimeError with its output tail if it fails."""
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=clean_env(), check=False,
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=clean_env(),
+            check=False,
         )
     except subprocess.TimeoutExpired as error:
         output = (error.stdout or "") + (error.stderr or "")
@@ -129,12 +134,19 @@ def worker_command(
     flags = [] if refresh_iterates else ["--no-refresh-iterates"]
     return [
         # -I: keep the repo, PYTHONPATH and user site off sys.path, so `gloro` is the official one.
-        str(python), "-I", str(WORKER),
-        "--architecture", architecture,
-        "--batch-size", str(batch_size),
-        "--steps", str(steps),
-        "--warmup-steps", str(warmup_steps),
-        "--power-iterations", str(power_iterations),
+        str(python),
+        "-I",
+        str(WORKER),
+        "--architecture",
+        architecture,
+        "--batch-size",
+        str(batch_size),
+        "--steps",
+        str(steps),
+        "--warmup-steps",
+        str(warmup_steps),
+        "--power-iterations",
+        str(power_iterations),
         *flags,
     ]
 
@@ -164,7 +176,13 @@ def measure_official_throughput(
     # refresh_iterates=False skips the library's untimed iterate convergence around `fit`
     # (minutes on 6C2F); what is timed is unchanged.
     command = worker_command(
-        Path(python), architecture, batch_size, steps, warmup_steps, power_iterations, refresh_iterates,
+        Path(python),
+        architecture,
+        batch_size,
+        steps,
+        warmup_steps,
+        power_iterations,
+        refresh_iterates,
     )
     stdout = run_checked(command, f"official TF worker ({architecture})", WORKER_TIMEOUT_S)
     return parse_report(stdout)

@@ -43,8 +43,12 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "6C2F": {
         "input_shape": (32, 32, 3),
         "convs": [
-            (32, 3, 1), (32, 3, 1), (32, 4, 2),
-            (64, 3, 1), (64, 3, 1), (64, 4, 2),
+            (32, 3, 1),
+            (32, 3, 1),
+            (32, 4, 2),
+            (64, 3, 1),
+            (64, 3, 1),
+            (64, 4, 2),
         ],
         "dense": [512],
     },
@@ -197,7 +201,10 @@ def threading_info() -> dict[str, int | None]:
 
 
 def build_report(
-    args: argparse.Namespace, model: gloro.GloroNet, timer: StepTimer, load_before: float,
+    args: argparse.Namespace,
+    model: gloro.GloroNet,
+    timer: StepTimer,
+    load_before: float,
 ) -> dict[str, Any]:
     """Collect the measured throughput and the environment into one dict."""
     stats = step_statistics(timer)

@@ -143,8 +143,15 @@ class ScaledLinear(nn.Linear):
 
 @pytest.mark.parametrize(
     "layer",
-    [nn.Tanh(), nn.BatchNorm2d(3), nn.MaxPool2d(2), ScaledLinear(4, 4), nn.Conv2d(4, 4, 3, groups=2),
-     nn.Conv2d(3, 3, 3, dilation=2), nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular")],
+    [
+        nn.Tanh(),
+        nn.BatchNorm2d(3),
+        nn.MaxPool2d(2),
+        ScaledLinear(4, 4),
+        nn.Conv2d(4, 4, 3, groups=2),
+        nn.Conv2d(3, 3, 3, dilation=2),
+        nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"),
+    ],
 )
 def test_layers_without_a_known_bound_raise_and_name_themselves(layer):
     with pytest.raises(gloro.UnsupportedLayerError, match=type(layer).__name__):
@@ -201,9 +208,7 @@ def explicit_matrix(bound, layer: nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("scale", [1.0, 1e12, 1e-12])
 @pytest.mark.parametrize("steps", [1, 4, 5, 7, 10, 13])
-@pytest.mark.parametrize(
-    "case", ["linear", "conv_gram", "conv_columns", "conv_convolutions"]
-)
+@pytest.mark.parametrize("case", ["linear", "conv_gram", "conv_columns", "conv_convolutions"])
 def test_rarely_rescaled_iteration_matches_the_textbook_iteration(case, steps, scale):
     """Scaling A and rescaling the iterate only now and then must leave every iterate's direction unchanged,
     even for weights far from unit size (no overflow or underflow in float32)."""

@@ -128,6 +128,13 @@ def test_makefile_has_run_and_test_targets():
     assert re.search(r"^test:", makefile, flags=re.MULTILINE)
 
 
+def test_makefile_scripts_exist():
+    makefile = (ROOT / "Makefile").read_text()
+    scripts = re.findall(r"\$\(PY\) ([\w/.-]+\.py)", makefile)
+    assert scripts, "no Python scripts found in the Makefile recipes"
+    assert [s for s in scripts if not (ROOT / s).is_file()] == []
+
+
 def test_ci_calls_make_test():
     script = ROOT / ".ci" / "run"
     lines = [line.split("#", 1)[0].strip() for line in script.read_text().splitlines()]

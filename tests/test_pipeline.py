@@ -81,9 +81,7 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
 
 def test_the_slurm_profile_gives_a_gpu_to_every_rule_that_declares_one():
     profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    gpu_rules = {
-        path.stem for path in (ROOT / "workflow" / "rules").glob("*.smk") if "gpu=GPU" in path.read_text()
-    }
+    gpu_rules = {path.stem for path in (ROOT / "workflow" / "rules").glob("*.smk") if "gpu=GPU" in path.read_text()}
     assert gpu_rules == {"train", "certify", "attack", "bounds"}
     for rule in gpu_rules:
         assert "--gres=gpu:1" in profile["set-resources"][rule]["slurm_extra"]

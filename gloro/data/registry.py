@@ -203,8 +203,7 @@ def dataset_available(
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folders = search_folders(spec, Path(data_dir).expanduser() if data_dir is not None else None, cache_dir)
     return all(
-        _locate(spec, split, folders) is not None or cache_file(name, split, cache_dir).is_file()
-        for split in SPLITS
+        _locate(spec, split, folders) is not None or cache_file(name, split, cache_dir).is_file() for split in SPLITS
     )
 
 

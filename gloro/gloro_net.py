@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gloro.lipschitz import bound_for
+from gloro.lipschitz import ConstantBound, bound_for
 from gloro.margin import Certificate, certify_logits, head_distances, with_bottom
 
 
@@ -89,6 +89,7 @@ class GloroNet(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         shapes = layer_input_shapes(layers, self.input_shape)
         self.bounds = nn.ModuleList(bound_for(layer, shape, generator) for layer, shape in zip(layers[:-1], shapes))
+        self.constant_factor = math.prod(b.sound_value for b in self.bounds if isinstance(b, ConstantBound))
         self.metadata: dict = {}
         self.register_buffer("frozen_margin_lipschitz", None, persistent=False)
 
@@ -146,8 +147,12 @@ class GloroNet(nn.Module):
     def sub_lipschitz(self, sound: bool = False) -> torch.Tensor:
         """K: the product of the bounds of all layers but the last."""
         values = self.layer_bounds(sound)
-        dtype = torch.float64 if sound else self.head.weight.dtype
-        product = torch.ones((), dtype=dtype, device=self.head.weight.device)
+        if sound:
+            factor, dtype = 1.0, torch.float64
+        else:  # fixed constants (activations, pooling) enter as one number: fewer nodes for backward to walk
+            values = [value for value, bound in zip(values, self.bounds) if not isinstance(bound, ConstantBound)]
+            factor, dtype = self.constant_factor, self.head.weight.dtype
+        product = torch.tensor(factor, dtype=dtype, device=self.head.weight.device)
         for value in values:
             product = product * value
         return product

@@ -8,23 +8,21 @@ import torch
 
 
 def head_distances(weight: torch.Tensor, exact: bool = False) -> torch.Tensor:
-    """‖w_i − w_j‖₂ for all pairs of rows of the last layer's weight (m×d → m×m).
+    """‖w_i − w_j‖₂ for all pairs of rows of the last layer's weight (m×d → m×m), as one differentiable op.
 
-    Training uses the Gram form (one matmul, differentiable, +1e-10 under the root so the diagonal has a
-    gradient); `exact=True` takes the differences in float64, which certification uses.
+    Training lets `cdist` pick its fast form (a Gram matmul past 25 rows); `exact=True` sums the squared
+    differences in float64 without forming the m×m×d tensor, which certification uses.
     """
     if exact:
         w = weight.detach().double()
-        return torch.linalg.vector_norm(w[:, None, :] - w[None, :, :], dim=-1)
-    squared = weight.pow(2).sum(1)
-    gram = weight @ weight.T
-    return (squared[:, None] + squared[None, :] - 2 * gram).clamp_min(0).add(1e-10).sqrt()
+        return torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist")
+    return torch.cdist(weight, weight)
 
 
 def bottom_logit(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float) -> torch.Tensor:
     """y_⊥ = max_{i≠j} (y_i + ε·K_ij) with j = argmax y; `margin_lipschitz` is the m×m matrix K_ij."""
     top = logits.argmax(dim=1)
-    shifted = logits + epsilon * margin_lipschitz.to(logits.dtype)[top]
+    shifted = logits + (epsilon * margin_lipschitz.to(logits.dtype))[top]  # ε scales m² entries, not N·m
     shifted = shifted.scatter(1, top[:, None], float("-inf"))
     return shifted.max(dim=1).values
 

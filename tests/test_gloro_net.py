@@ -42,12 +42,25 @@ def test_bottom_logit_is_max_over_other_classes_of_shifted_logits():
     assert bottom_logit(logits, margin, 0.3).tolist() == pytest.approx(expected, rel=1e-6)
 
 
-def test_head_distances_gram_form_matches_exact_differences():
-    weight = torch.randn(12, 30)
-    off_diagonal = ~torch.eye(12, dtype=torch.bool)
-    gram, exact = head_distances(weight).double(), head_distances(weight, exact=True)
-    assert torch.allclose(gram[off_diagonal], exact[off_diagonal], rtol=1e-5)
+@pytest.mark.parametrize("rows", [12, 40])  # cdist switches to a Gram matmul past 25 rows
+def test_head_distances_training_form_matches_exact_differences(rows):
+    weight = torch.randn(rows, 30)
+    off_diagonal = ~torch.eye(rows, dtype=torch.bool)
+    fast, exact = head_distances(weight).double(), head_distances(weight, exact=True)
+    assert torch.allclose(fast[off_diagonal], exact[off_diagonal], rtol=1e-5)
     assert torch.all(exact.diagonal() == 0)
+    brute = torch.stack([torch.stack([(a.double() - b.double()).norm() for b in weight]) for a in weight])
+    assert torch.allclose(exact, brute, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("rows", [12, 40])
+def test_coincident_head_rows_give_finite_gradients(rows):
+    """A zero-initialised or collapsed head has equal rows: their distance is 0 and must not yield NaN."""
+    weight = torch.zeros(rows, 8, requires_grad=True)
+    logits = torch.randn(16, rows)
+    loss = bottom_logit(logits, 2.0 * head_distances(weight), 0.3).sum()
+    loss.backward()
+    assert torch.isfinite(weight.grad).all()
 
 
 @pytest.mark.parametrize("activation", ["relu", "minmax"])

@@ -23,9 +23,9 @@ from gloro.layers import MinMax
 EXPLICIT_OPERATOR_MAX_ENTRIES = 1 << 24
 # Conv power iteration runs as im2col matrix products when the column matrix has at most this many entries.
 IM2COL_MAX_ENTRIES = 1 << 15
-# Power iteration rescales its iterate once every this many steps. The operator is first scaled to norm ≤ 1,
-# so the iterate cannot overflow in between; it shrinks by the scaled norm to the 10th power at most, and
-# that norm is ≥ 1/(stride·√(in channels·overlap)) for any conv with an interior pixel: far from underflow.
+# Power iteration rescales its iterate once every this many steps. The weight is first divided by its
+# Frobenius norm, so A's norm lies between about 1/(stride·√channels) and √(outputs reading one pixel) (at
+# most the kernel area): over five steps the iterate moves within float32's range, far from under/overflow.
 RESCALE_EVERY = 5
 
 
@@ -76,18 +76,14 @@ class PowerIterationBound(LayerBound):
         """Aᵀ y."""
         raise NotImplementedError
 
-    def norm_ceiling(self, weight: torch.Tensor) -> torch.Tensor:
-        """A cheap upper bound on ‖A‖, from the Frobenius norm; it only scales the iteration, never a certificate."""
-        raise NotImplementedError
-
     @torch.no_grad()
     def advance(self, weight: torch.Tensor, iterations: int) -> None:
         """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖ (no host sync inside the loop).
 
-        Scaling never changes the direction, so A is divided by `norm_ceiling` once and the iterate is
-        rescaled only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels per step.
+        Scaling never changes the direction, so the weight is divided by its Frobenius norm once and the
+        iterate rescaled only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels per step.
         """
-        weight = weight / self.norm_ceiling(weight)  # a zero operator gives NaN here; see keep_direction
+        weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
         x = self.iterate
         for step in range(1, iterations + 1):
             x = self.adjoint(self.operator(x, weight), weight)
@@ -97,7 +93,7 @@ class PowerIterationBound(LayerBound):
 
     def keep_direction(self, x: torch.Tensor) -> None:
         """Store x as the unit iterate, unless it has no finite direction (a zero operator): keep the old one."""
-        norm = torch.linalg.vector_norm(x)  # NaN or 0 without one; never inf, as A is scaled to norm ≤ 1
+        norm = torch.linalg.vector_norm(x)  # NaN or 0 without one; never inf, as the weight is scaled
         self.iterate.copy_(torch.where(norm > 0, (x / norm).view_as(self.iterate), self.iterate))
 
     def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
@@ -118,9 +114,6 @@ class LinearBound(PowerIterationBound):
 
     def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return y @ weight
-
-    def norm_ceiling(self, weight: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(weight)
 
     def sound(self, layer: nn.Module) -> torch.Tensor:
         return torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2)
@@ -146,8 +139,6 @@ class Conv2dBound(PowerIterationBound):
             size - ((out - 1) * s - 2 * p + k)
             for size, out, s, p, k in zip(self.input_shape[1:], out_hw, self.stride, self.padding, self.kernel_size)
         )
-        # at most this many outputs read one input pixel, so ‖A‖ ≤ √overlap·‖W‖_F
-        self.overlap = math.prod(math.ceil(k / s) for k, s in zip(self.kernel_size, self.stride))
         self.as_matrix = layer.weight[0].numel() * math.prod(out_hw) <= IM2COL_MAX_ENTRIES
         # with no more patch entries than output channels, one product with WᵀW replaces two per step
         self.through_gram = layer.weight[0].numel() <= layer.out_channels
@@ -167,16 +158,13 @@ class Conv2dBound(PowerIterationBound):
             return columns.take(self.fold_index).sum(0).view(1, *self.input_shape)
         return F.conv_transpose2d(y, weight, None, self.stride, self.padding, self.output_padding)
 
-    def norm_ceiling(self, weight: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(weight) * math.sqrt(self.overlap)
-
     @torch.no_grad()
     def advance(self, weight: torch.Tensor, iterations: int) -> None:
         """As `PowerIterationBound.advance`; the matrix form writes into two zero-padded buffers, so a step is
         a gather, one or two small products, and a gather summed into the iterate, with no reshaping copies."""
         if not self.as_matrix:
             return super().advance(weight, iterations)
-        matrix = weight.reshape(len(weight), -1) / self.norm_ceiling(weight)  # one copy even if channels_last
+        matrix = weight.reshape(len(weight), -1) / torch.linalg.vector_norm(weight)  # one copy if channels_last
         gram = matrix.T @ matrix if self.through_gram else None
         columns_at, fold_at = self.column_index.view(-1), self.fold_index.view(-1)
         x = F.pad(self.iterate.flatten(), (0, 1))

@@ -72,24 +72,13 @@ class PowerIterationBound(LayerBound):
         """A x."""
         raise NotImplementedError
 
-    def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Aᵀ y."""
-        raise NotImplementedError
-
-    @torch.no_grad()
     def advance(self, weight: torch.Tensor, iterations: int) -> None:
         """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖ (no host sync inside the loop).
 
-        Scaling never changes the direction, so the weight is divided by its Frobenius norm once and the
-        iterate rescaled only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels per step.
+        Scaling never changes the direction, so implementations divide the weight by its Frobenius norm once
+        and rescale the iterate only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels.
         """
-        weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
-        x = self.iterate
-        for step in range(1, iterations + 1):
-            x = self.adjoint(self.operator(x, weight), weight)
-            if step % RESCALE_EVERY == 0:
-                x = x / torch.linalg.vector_norm(x)
-        self.keep_direction(x)
+        raise NotImplementedError
 
     def keep_direction(self, x: torch.Tensor) -> None:
         """Store x as the unit iterate, unless it has no finite direction (a zero operator): keep the old one."""
@@ -112,8 +101,17 @@ class LinearBound(PowerIterationBound):
     def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight)
 
-    def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return y @ weight
+    @torch.no_grad()
+    def advance(self, weight: torch.Tensor, iterations: int) -> None:
+        """See `PowerIterationBound.advance`; both products of a step are written into buffers made once."""
+        weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
+        x = self.iterate.clone()
+        y = x.new_empty(1, len(weight))
+        for step in range(1, iterations + 1):
+            torch.mm(torch.mm(x, weight.T, out=y), weight, out=x)
+            if step % RESCALE_EVERY == 0:
+                x.div_(torch.linalg.vector_norm(x))
+        self.keep_direction(x)
 
     def sound(self, layer: nn.Module) -> torch.Tensor:
         return torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2)
@@ -152,34 +150,47 @@ class Conv2dBound(PowerIterationBound):
             return weight.flatten(1) @ F.pad(x.flatten(), (0, 1)).take(self.column_index)
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
-    def adjoint(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if self.as_matrix:
-            columns = F.pad((weight.flatten(1).T @ y).flatten(), (0, 1))
-            return columns.take(self.fold_index).sum(0).view(1, *self.input_shape)
-        return F.conv_transpose2d(y, weight, None, self.stride, self.padding, self.output_padding)
-
     @torch.no_grad()
     def advance(self, weight: torch.Tensor, iterations: int) -> None:
-        """As `PowerIterationBound.advance`; the matrix form writes into two zero-padded buffers, so a step is
-        a gather, one or two small products, and a gather summed into the iterate, with no reshaping copies."""
-        if not self.as_matrix:
-            return super().advance(weight, iterations)
-        matrix = weight.reshape(len(weight), -1) / torch.linalg.vector_norm(weight)  # one copy if channels_last
+        """See `PowerIterationBound.advance`."""
+        weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
+        if self.as_matrix:
+            self.advance_by_columns(weight, iterations)
+        else:
+            self.advance_by_convolutions(weight, iterations)
+
+    def advance_by_columns(self, weight: torch.Tensor, iterations: int) -> None:
+        """Every step writes into buffers made once (the iterate and the columns each with a zero appended for
+        the padding): a gather, one or two small products, and a gather summed into the iterate."""
+        matrix = weight.reshape(len(weight), -1)  # one copy if channels_last
         gram = matrix.T @ matrix if self.through_gram else None
         columns_at, fold_at = self.column_index.view(-1), self.fold_index.view(-1)
         x = F.pad(self.iterate.flatten(), (0, 1))
         columns = x.new_zeros(len(columns_at) + 1)
         body, column_body = x[:-1], columns[:-1].view(self.column_index.shape)
+        gathered, folded = x.new_empty(self.column_index.shape), x.new_empty(self.fold_index.shape)
+        outputs = x.new_empty(len(matrix), self.column_index.shape[1])
         for step in range(1, iterations + 1):
-            gathered = x.index_select(0, columns_at).view(self.column_index.shape)
+            torch.index_select(x, 0, columns_at, out=gathered.view(-1))
             if gram is None:
-                torch.mm(matrix.T, matrix @ gathered, out=column_body)
+                torch.mm(matrix.T, torch.mm(matrix, gathered, out=outputs), out=column_body)
             else:
                 torch.mm(gram, gathered, out=column_body)
-            torch.sum(columns.index_select(0, fold_at).view(len(self.fold_index), -1), 0, out=body)
+            torch.index_select(columns, 0, fold_at, out=folded.view(-1))
+            torch.sum(folded, 0, out=body)
             if step % RESCALE_EVERY == 0:
                 body.div_(torch.linalg.vector_norm(body))
         self.keep_direction(body)
+
+    def advance_by_convolutions(self, weight: torch.Tensor, iterations: int) -> None:
+        """Each step is a conv2d and its exact adjoint, conv_transpose2d with the output padding of the shape."""
+        x = self.iterate
+        for step in range(1, iterations + 1):
+            y = F.conv2d(x, weight, None, self.stride, self.padding)
+            x = F.conv_transpose2d(y, weight, None, self.stride, self.padding, self.output_padding)
+            if step % RESCALE_EVERY == 0:
+                x = x / torch.linalg.vector_norm(x)
+        self.keep_direction(x)
 
     def sound(self, layer: nn.Module) -> torch.Tensor:
         return conv2d_sound_norm(layer.weight, self.input_shape, self.stride, self.padding)

@@ -107,8 +107,9 @@ class LinearBound(PowerIterationBound):
         weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
         x = self.iterate.clone()
         y = x.new_empty(1, len(weight))
+        transposed = weight.T
         for step in range(1, iterations + 1):
-            torch.mm(torch.mm(x, weight.T, out=y), weight, out=x)
+            torch.mm(torch.mm(x, transposed, out=y), weight, out=x)
             if step % RESCALE_EVERY == 0:
                 x.div_(torch.linalg.vector_norm(x))
         self.keep_direction(x)
@@ -163,21 +164,24 @@ class Conv2dBound(PowerIterationBound):
         """Every step writes into buffers made once (the iterate and the columns each with a zero appended for
         the padding): a gather, one or two small products, and a gather summed into the iterate."""
         matrix = weight.reshape(len(weight), -1)  # one copy if channels_last
-        gram = matrix.T @ matrix if self.through_gram else None
+        transposed = matrix.T
+        gram = transposed @ matrix if self.through_gram else None
+        column_shape, fold_shape = self.column_index.shape, self.fold_index.shape
         columns_at, fold_at = self.column_index.view(-1), self.fold_index.view(-1)
         x = F.pad(self.iterate.flatten(), (0, 1))
         columns = x.new_zeros(len(columns_at) + 1)
-        body, column_body = x[:-1], columns[:-1].view(self.column_index.shape)
-        gathered, folded = x.new_empty(self.column_index.shape), x.new_empty(self.fold_index.shape)
-        outputs = x.new_empty(len(matrix), self.column_index.shape[1])
+        body, column_body = x[:-1], columns[:-1].view(column_shape)
+        gathered, folded = x.new_empty(len(columns_at)), x.new_empty(len(fold_at))
+        gathered_matrix, folded_matrix = gathered.view(column_shape), folded.view(fold_shape)
+        outputs = x.new_empty(len(matrix), column_shape[1])
         for step in range(1, iterations + 1):
-            torch.index_select(x, 0, columns_at, out=gathered.view(-1))
+            torch.index_select(x, 0, columns_at, out=gathered)
             if gram is None:
-                torch.mm(matrix.T, torch.mm(matrix, gathered, out=outputs), out=column_body)
+                torch.mm(transposed, torch.mm(matrix, gathered_matrix, out=outputs), out=column_body)
             else:
-                torch.mm(gram, gathered, out=column_body)
-            torch.index_select(columns, 0, fold_at, out=folded.view(-1))
-            torch.sum(folded, 0, out=body)
+                torch.mm(gram, gathered_matrix, out=column_body)
+            torch.index_select(columns, 0, fold_at, out=folded)
+            torch.sum(folded_matrix, 0, out=body)
             if step % RESCALE_EVERY == 0:
                 body.div_(torch.linalg.vector_norm(body))
         self.keep_direction(body)

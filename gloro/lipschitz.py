@@ -67,6 +67,24 @@ class PowerIterationBound(LayerBound):
         super().__init__()
         start = torch.randn((1, *input_shape), generator=generator)
         self.register_buffer("iterate", start / start.norm())
+        self.sound_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight it was computed at, bound)
+
+    def sound(self, layer: nn.Module) -> torch.Tensor:
+        """See `LayerBound.sound`. Kept until the weight's values change (an SVD of a large conv takes seconds);
+        the weight is compared exactly with a copy, so no way of editing it in place can leave a stale bound."""
+        weight = layer.weight.detach()
+        if self.sound_cache is not None:
+            seen, bound = self.sound_cache
+            same = seen.dtype == weight.dtype and seen.device == weight.device and seen.shape == weight.shape
+            if same and torch.equal(seen, weight):
+                return bound.clone()
+        bound = self.sound_bound(weight)
+        self.sound_cache = (weight.clone(), bound)
+        return bound.clone()
+
+    def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
+        """The sound bound at this weight, computed afresh."""
+        raise NotImplementedError
 
     def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """A x."""
@@ -114,8 +132,8 @@ class LinearBound(PowerIterationBound):
                 x.div_(torch.linalg.vector_norm(x))
         self.keep_direction(x)
 
-    def sound(self, layer: nn.Module) -> torch.Tensor:
-        return torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2)
+    def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.matrix_norm(weight.double(), ord=2)
 
 
 class Conv2dBound(PowerIterationBound):
@@ -196,8 +214,8 @@ class Conv2dBound(PowerIterationBound):
                 x = x / torch.linalg.vector_norm(x)
         self.keep_direction(x)
 
-    def sound(self, layer: nn.Module) -> torch.Tensor:
-        return conv2d_sound_norm(layer.weight, self.input_shape, self.stride, self.padding)
+    def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
+        return conv2d_sound_norm(weight, self.input_shape, self.stride, self.padding)
 
 
 def im2col_indices(

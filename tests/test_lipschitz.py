@@ -229,3 +229,48 @@ def test_rarely_rescaled_iteration_matches_the_textbook_iteration(case, steps, s
     bound.advance(layer.weight.detach(), steps)
     assert torch.isfinite(bound.iterate).all()
     assert torch.allclose(bound.iterate.flatten().double(), expected, atol=1e-5)
+
+
+def test_sound_bound_is_reused_only_while_the_weight_is_unchanged(monkeypatch):
+    """Every way of changing a weight in place (an optimiser step, `.data` edits that bypass the version
+    counter, load_state_dict, a new Parameter) gives a fresh bound equal to the exact norm; an unchanged weight
+    reuses the stored one."""
+    layer = nn.Conv2d(2, 3, 3, 2, 1)
+    bound = Conv2dBound(layer, (2, 7, 7), None)
+    computed = []
+    original = Conv2dBound.sound_bound
+    monkeypatch.setattr(Conv2dBound, "sound_bound", lambda self, w: computed.append(1) or original(self, w))
+
+    def exact_norm_of_layer() -> float:
+        return exact_norm(
+            nn.Conv2d(2, 3, 3, 2, 1, bias=False).requires_grad_(False).double().apply(copy_weight), (2, 7, 7)
+        )
+
+    def copy_weight(module: nn.Module) -> None:
+        if isinstance(module, nn.Conv2d):
+            module.weight.copy_(layer.weight.detach())
+
+    def assert_fresh() -> None:
+        count = len(computed)
+        assert float(bound.sound(layer)) == pytest.approx(exact_norm_of_layer(), rel=1e-9)
+        assert len(computed) == count + 1
+
+    assert_fresh()
+    first = bound.sound(layer)
+    first.mul_(0)  # a caller's in-place edit must not reach the stored bound
+    assert float(bound.sound(layer)) == pytest.approx(exact_norm_of_layer(), rel=1e-9)
+    assert len(computed) == 1
+
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(torch.randn(4, 2, 7, 7)).square().sum().backward()
+    optimizer.step()
+    assert_fresh()
+    layer.weight.data.copy_(torch.randn_like(layer.weight))
+    assert_fresh()
+    layer.load_state_dict({"weight": 3 * layer.weight.detach(), "bias": layer.bias.detach()})
+    assert_fresh()
+    layer.weight = nn.Parameter(torch.randn_like(layer.weight))
+    assert_fresh()
+    with torch.no_grad():
+        layer.weight[0, 0, 0, 0] += 1e-3
+    assert_fresh()

@@ -9,6 +9,7 @@ the explicit operator at the layer's real input shape (when small) or the polyph
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -27,6 +28,13 @@ IM2COL_MAX_ENTRIES = 1 << 15
 # Frobenius norm, so A's norm lies between about 1/(stride·√channels) and √(outputs reading one pixel) (at
 # most the kernel area): over five steps the iterate moves within float32's range, far from under/overflow.
 RESCALE_EVERY = 5
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on `device` for the enclosed ops; nothing to enter when it is off already."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class UnsupportedLayerError(TypeError):
@@ -104,10 +112,14 @@ class PowerIterationBound(LayerBound):
         self.iterate.copy_(torch.where(norm > 0, (x / norm).view_as(self.iterate), self.iterate))
 
     def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
-        """σ ≈ ‖A x‖ at the unit iterate x; its gradient is u xᵀ, the spectral norm's gradient at convergence."""
-        if iterations:
-            self.advance(layer.weight.detach(), iterations)
-        return torch.linalg.vector_norm(self.operator(self.iterate, layer.weight))
+        """σ ≈ ‖A x‖ at the unit iterate x; its gradient is u xᵀ, the spectral norm's gradient at convergence.
+
+        Runs in the weight's precision even under autocast: a half-precision K would be off in its third digit.
+        """
+        with full_precision(layer.weight.device):
+            if iterations:
+                self.advance(layer.weight.detach(), iterations)
+            return torch.linalg.vector_norm(self.operator(self.iterate, layer.weight))
 
 
 class LinearBound(PowerIterationBound):

@@ -124,6 +124,23 @@ def test_training_forwards_advance_iterates_and_eval_forwards_do_not():
     assert not any(torch.equal(a, b.iterate) for a, b in zip(start, iterative))
 
 
+def test_autocast_training_keeps_the_lipschitz_estimates_in_full_precision():
+    """Under mixed precision the power iteration and K stay float32: the same iterates and K as without it."""
+    plain, mixed = small_conv_net(2), small_conv_net(2)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    gloro.gloro_cross_entropy(plain(x), y).backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = mixed(x)
+    gloro.gloro_cross_entropy(logits.float(), y).backward()
+    for a, b in zip(plain.bounds, mixed.bounds):
+        if hasattr(a, "iterate"):
+            assert b.iterate.dtype == torch.float32 and torch.equal(a.iterate, b.iterate)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_k = mixed.eval().sub_lipschitz(sound=False)
+    assert mixed_k.dtype == torch.float32
+    assert torch.equal(mixed_k, plain.eval().sub_lipschitz(sound=False))
+
+
 def test_frozen_net_predicts_and_certifies_like_the_live_one():
     net = small_conv_net(4)
     x = torch.rand(200, 1, 8, 8)

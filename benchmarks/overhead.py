@@ -5,7 +5,8 @@ Targets (issue 2): certification throughput after freeze() ≥ 0.97 × plain for
 median of many repeats is reported, so a background load affects both sides alike. Training is timed with
 both networks in the default (NCHW) layout and both in channels_last, the layout `gloro.train` uses.
 Each ratio is also given from the fastest repeat of each side (`*_best`): on a shared VM noise only adds
-time, so the minimum is the steadiest estimate of what each side costs on an idle machine.
+time, so the minimum is the steadiest estimate of what each side costs on an idle machine. Both sides run
+with `gloro.keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc` leaves glibc's defaults).
 
     .venv/bin/python benchmarks/overhead.py [--architectures 2C2F 6C2F] [--repeats 30]
 """
@@ -114,8 +115,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=["2C2F", "6C2F"], choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--default-malloc", action="store_true", help="do not call gloro.keep_freed_memory()")
     args = parser.parse_args()
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "certification": [], "training": []}
+    kept = False if args.default_malloc else gloro.keep_freed_memory()
+    results = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "keep_freed_memory": kept,
+        "certification": [],
+        "training": [],
+    }
     for architecture in args.architectures:
         results["certification"].append(certification_ratio(architecture, 1024, args.repeats))
         for channels_last in (False, True):

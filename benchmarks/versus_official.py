@@ -3,7 +3,9 @@
 Same CPU, architecture, batch size, power iterations per step, random [0, 1] data and step protocol
 (warm-up steps excluded, then timed steps). The official library (PyPI gloro 1.1.1 with tensorflow-cpu
 2.15.1) is installed by `official_tf.ensure_official_venv` into its own venv on first use. The two sides
-alternate `--rounds` times so a change in machine load hits both; medians are reported.
+alternate `--rounds` times so a change in machine load hits both; medians are reported. Each library runs
+as its users get it: ours with `gloro.keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc`
+leaves glibc's defaults); TensorFlow as it comes, in its own process.
 
     .venv/bin/python benchmarks/versus_official.py [--architecture 2C2F] [--rounds 2]
 """
@@ -64,7 +66,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--power-iterations", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--default-malloc", action="store_true", help="do not call gloro.keep_freed_memory()")
     args = parser.parse_args()
+    kept = False if args.default_malloc else gloro.keep_freed_memory()
     python = ensure_official_venv(OFFICIAL_VENV)
     ours, official, official_reports = [], [], []
     for _ in range(args.rounds):
@@ -94,6 +98,7 @@ def main() -> None:
         "official_rounds": official,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "keep_freed_memory": kept,
         "tensorflow": official_reports[-1].get("tensorflow_version"),
         "official_gloro": official_reports[-1].get("gloro_version"),
         "load_average_1m_end": os.getloadavg()[0],

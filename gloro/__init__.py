@@ -10,6 +10,7 @@ from gloro.attack import (
     robust_accuracy,
 )
 from gloro.checkpoint import CheckpointError, load, save
+from gloro.cpu_memory import keep_freed_memory
 from gloro.evaluate import STANDARD_RADII, CertificationReport, certification_report, evaluate, vra_at_radii
 from gloro.gloro_net import GloroNet
 from gloro.layers import MinMax
@@ -71,6 +72,7 @@ __all__ = [
     "global_tightness",
     "gloro_cross_entropy",
     "gloro_trades",
+    "keep_freed_memory",
     "load",
     "local_lipschitz",
     "local_margin_lipschitz_lower_bound",

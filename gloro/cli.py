@@ -11,6 +11,7 @@ import torch
 from gloro.architectures import create_model
 from gloro.attack import pgd_l2
 from gloro.checkpoint import save
+from gloro.cpu_memory import keep_freed_memory
 from gloro.data import DIGITS_DIVISOR, load_digits
 from gloro.evaluate import evaluate
 from gloro.gloro_net import GloroNet
@@ -21,6 +22,7 @@ from gloro.train import TrainingRecipe, train
 def demo(args: argparse.Namespace) -> int:
     """Train 2C2F on digits at the training ε, freeze, certify at the eval ε, and audit with PGD."""
     torch.manual_seed(args.seed)
+    keep_freed_memory()
     x_train, y_train = load_digits("train")
     x_test, y_test = load_digits("test")
     model = create_model(args.architecture, (1, 8, 8), 10, activation=args.activation, seed=args.seed)

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import torch
 
+from gloro.cpu_memory import keep_freed_memory
 from gloro.experiment import DataOptions, Experiment, certify_experiment, resolve_device
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     torch.set_num_threads(snakemake.threads)
+    keep_freed_memory()  # reuse freed activations instead of page-faulting them in every step
     experiment = Experiment.from_config(snakemake.wildcards.experiment, snakemake.params.settings)
     evaluation = snakemake.params.evaluation
     certify_experiment(

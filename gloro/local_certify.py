@@ -112,10 +112,10 @@ class AffineOperator:
         self.device = self.global_bound.device
         probe = torch.zeros((1, *self.input_shape), dtype=torch.float64, device=self.device)
         self.output_shape = tuple(self.linear(probe).shape[1:])
-        self.matrix = None
+        self.matrix = self.gram = None
         if math.prod(self.input_shape) * math.prod(self.output_shape) <= max_entries:
             self.matrix = explicit_matrix(self.linear, self.input_shape, self.device)
-            self.chunk = max(1, CHUNK_ENTRIES // min(self.matrix.shape) ** 2)
+            self.gram = side_gram(self.matrix)
 
     def column_sums(self, weights: torch.Tensor) -> torch.Tensor:
         """|A|ᵀ weights, the adjoint of `absolute` (via autograd, so convolutions need no output padding)."""
@@ -131,12 +131,7 @@ class AffineOperator:
         n = len(keep_in)
         rows, cols = keep_out.flatten(1).double(), keep_in.flatten(1).double()
         if self.matrix is not None:
-            exact = torch.cat(
-                [
-                    masked_spectral_norms(self.matrix, r, c)
-                    for r, c in zip(rows.split(self.chunk), cols.split(self.chunk))
-                ]
-            )
+            exact = masked_spectral_norms(self.matrix, self.gram, rows, cols)
             return torch.minimum(exact, self.global_bound.expand(n))
         # Fallback: Frobenius norm and the Schur test, both upper bounds on the spectral norm of the masked matrix
         row_squares = self.squared(keep_in.double()).flatten(1) * rows
@@ -147,15 +142,36 @@ class AffineOperator:
         return torch.minimum(torch.minimum(frobenius, schur), self.global_bound.expand(n))
 
 
-def masked_spectral_norms(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """‖diag(r) A diag(c)‖₂ for each 0/1 row r and column c, from the eigenvalues of the smaller Gram (float64)."""
-    if matrix.shape[0] <= matrix.shape[1]:  # r (A diag(c) Aᵀ) r, out × out
-        gram = (matrix[None] * cols[:, None, :]) @ matrix.T
-        gram = gram * rows[:, :, None] * rows[:, None, :]
-    else:  # c (Aᵀ diag(r) A) c, in × in
-        gram = (matrix.T[None] * rows[:, None, :]) @ matrix
-        gram = gram * cols[:, :, None] * cols[:, None, :]
-    return torch.linalg.eigvalsh(gram)[:, -1].clamp_min(0).sqrt()
+def side_gram(matrix: torch.Tensor) -> torch.Tensor:
+    """A Aᵀ or AᵀA, whichever is smaller: the Gram whose largest eigenvalue is ‖A‖₂²."""
+    return matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+
+
+def masked_spectral_norms(
+    matrix: torch.Tensor, gram: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """‖diag(r) A diag(c)‖₂ for each 0/1 row r and column c (float64); `gram` is `side_gram(matrix)`.
+
+    The masked matrix's smaller Gram, restricted to its kept rows (or columns), has the same top eigenvalue.
+    When fewer inner units are masked out than kept (most ReLUs on), it is `gram` minus their products, a
+    low-rank update instead of a full product; its rounding error, at most n·ε‖gram‖_F, is added back.
+    """
+    by_rows = matrix.shape[0] <= matrix.shape[1]
+    factor = matrix if by_rows else matrix.T  # the masked Gram is factor · diag(inner) · factorᵀ
+    rounding = len(gram) * torch.finfo(gram.dtype).eps * torch.linalg.matrix_norm(gram)
+    norms = []
+    for outer, inner in zip(rows, cols) if by_rows else zip(cols, rows):
+        dropped, kept, keep = (inner == 0).nonzero()[:, 0], inner.nonzero()[:, 0], outer.nonzero()[:, 0]
+        if len(dropped) < len(kept):
+            part = factor.index_select(1, dropped)
+            masked, slack = gram - part @ part.T, rounding
+        else:
+            part = factor.index_select(1, kept)
+            masked, slack = part @ part.T, 0.0
+        masked = masked.index_select(0, keep).index_select(1, keep)
+        top = torch.linalg.eigvalsh(masked)[-1] if len(keep) else masked.new_zeros(())
+        norms.append((top + slack).clamp_min(0).sqrt())
+    return torch.stack(norms)
 
 
 def explicit_matrix(

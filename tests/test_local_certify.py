@@ -19,6 +19,7 @@ from gloro.local_certify import (
     compare_local_global,
     local_lipschitz,
     masked_spectral_norms,
+    side_gram,
 )
 
 EPSILON = 0.3
@@ -169,14 +170,19 @@ def test_crown_rejects_minmax_networks():
         certify_crown(net, torch.rand(2, 1, 8, 8), 0.1)
 
 
-def test_masked_spectral_norms_match_an_svd_of_the_masked_matrix():
+@pytest.mark.parametrize("kept", [0.0, 0.3, 0.6, 0.95, 1.0])
+def test_masked_spectral_norms_match_an_svd_of_the_masked_matrix(kept):
+    """Both ways of building the masked Gram (from the kept units, or the full Gram minus the masked-out ones)
+    give the masked matrix's norm, never below it."""
     generator = torch.Generator().manual_seed(0)
-    for shape in [(7, 11), (11, 7)]:
+    for shape in [(7, 11), (11, 7), (30, 45)]:
         matrix = torch.randn(shape, generator=generator, dtype=torch.float64)
-        rows = (torch.rand((5, shape[0]), generator=generator) < 0.6).double()
-        cols = (torch.rand((5, shape[1]), generator=generator) < 0.6).double()
+        rows = (torch.rand((5, shape[0]), generator=generator) < kept).double()
+        cols = (torch.rand((5, shape[1]), generator=generator) < kept).double()
         expected = torch.linalg.matrix_norm(matrix * rows[:, :, None] * cols[:, None, :], ord=2)
-        assert torch.allclose(masked_spectral_norms(matrix, rows, cols), expected, rtol=1e-10, atol=1e-12)
+        norms = masked_spectral_norms(matrix, side_gram(matrix), rows, cols)
+        assert torch.allclose(norms, expected, rtol=1e-10, atol=1e-12)
+        assert (norms >= expected * (1 - 1e-14)).all()
 
 
 @pytest.mark.parametrize("activation", ["relu", "minmax"])

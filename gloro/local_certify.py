@@ -154,7 +154,8 @@ def masked_spectral_norms(
 
     The masked matrix's smaller Gram, restricted to its kept rows (or columns), has the same top eigenvalue.
     When fewer inner units are masked out than kept (most ReLUs on), it is `gram` minus their products, a
-    low-rank update instead of a full product; its rounding error, at most n·ε‖gram‖_F, is added back.
+    low-rank update instead of a full product. That changes the rounding, so n·ε·‖gram‖_F is added to the
+    top eigenvalue: on the Fashion-MNIST 2C2F, about 1000× the largest difference from a direct product.
     """
     by_rows = matrix.shape[0] <= matrix.shape[1]
     factor = matrix if by_rows else matrix.T  # the masked Gram is factor · diag(inner) · factorᵀ

@@ -98,12 +98,18 @@ class PowerIterationBound(LayerBound):
         """A x."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def advance(self, weight: torch.Tensor, iterations: int) -> None:
         """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖ (no host sync inside the loop).
 
-        Scaling never changes the direction, so implementations divide the weight by its Frobenius norm once
-        and rescale the iterate only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels.
+        Scaling never changes the direction, so the weight is divided by its Frobenius norm once and `steps`
+        rescales the iterate only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels.
         """
+        weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
+        self.keep_direction(self.steps(weight, iterations))
+
+    def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
+        """x ← AᵀAx `iterations` times from the stored iterate, for a weight of Frobenius norm 1; the last x."""
         raise NotImplementedError
 
     def keep_direction(self, x: torch.Tensor) -> None:
@@ -131,10 +137,8 @@ class LinearBound(PowerIterationBound):
     def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight)
 
-    @torch.no_grad()
-    def advance(self, weight: torch.Tensor, iterations: int) -> None:
-        """See `PowerIterationBound.advance`; both products of a step are written into buffers made once."""
-        weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
+    def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
+        """See `PowerIterationBound.steps`; both products of a step are written into buffers made once."""
         x = self.iterate.clone()
         y = x.new_empty(1, len(weight))
         transposed = weight.T
@@ -142,7 +146,7 @@ class LinearBound(PowerIterationBound):
             torch.mm(torch.mm(x, transposed, out=y), weight, out=x)
             if step % RESCALE_EVERY == 0:
                 x.div_(torch.linalg.vector_norm(x))
-        self.keep_direction(x)
+        return x
 
     def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
         return torch.linalg.matrix_norm(weight.double(), ord=2)
@@ -181,16 +185,13 @@ class Conv2dBound(PowerIterationBound):
             return weight.flatten(1) @ F.pad(x.flatten(), (0, 1)).take(self.column_index)
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
-    @torch.no_grad()
-    def advance(self, weight: torch.Tensor, iterations: int) -> None:
-        """See `PowerIterationBound.advance`."""
-        weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
+    def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
+        """See `PowerIterationBound.steps`."""
         if self.as_matrix:
-            self.advance_by_columns(weight, iterations)
-        else:
-            self.advance_by_convolutions(weight, iterations)
+            return self.steps_by_columns(weight, iterations)
+        return self.steps_by_convolutions(weight, iterations)
 
-    def advance_by_columns(self, weight: torch.Tensor, iterations: int) -> None:
+    def steps_by_columns(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         """Every step writes into buffers made once (the iterate and the columns each with a zero appended for
         the padding): a gather, one or two small products, and a gather summed into the iterate."""
         matrix = weight.reshape(len(weight), -1)  # one copy if channels_last
@@ -214,9 +215,9 @@ class Conv2dBound(PowerIterationBound):
             torch.sum(folded_matrix, 0, out=body)
             if step % RESCALE_EVERY == 0:
                 body.div_(torch.linalg.vector_norm(body))
-        self.keep_direction(body)
+        return body
 
-    def advance_by_convolutions(self, weight: torch.Tensor, iterations: int) -> None:
+    def steps_by_convolutions(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         """Each step is a conv2d and its exact adjoint, conv_transpose2d with the output padding of the shape."""
         x = self.iterate
         for step in range(1, iterations + 1):
@@ -224,7 +225,7 @@ class Conv2dBound(PowerIterationBound):
             x = F.conv_transpose2d(y, weight, None, self.stride, self.padding, self.output_padding)
             if step % RESCALE_EVERY == 0:
                 x = x / torch.linalg.vector_norm(x)
-        self.keep_direction(x)
+        return x
 
     def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
         return conv2d_sound_norm(weight, self.input_shape, self.stride, self.padding)

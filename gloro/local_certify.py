@@ -47,7 +47,7 @@ from gloro.margin import certify_logits, head_distances
 OFF_TOLERANCE = 1e-9
 # Masked operators whose explicit matrix has at most this many entries get an exact SVD; larger ones a fallback.
 LOCAL_EXPLICIT_MAX_ENTRIES = 1 << 23
-# Points per chunk are chosen so a chunk's masked matrices hold at most this many float64 entries (128 MiB).
+# Points per chunk of masked head differences are chosen so a chunk holds at most this many float64 entries (128 MiB).
 CHUNK_ENTRIES = 1 << 24
 
 AFFINE_LAYERS = (nn.Linear, nn.Conv2d, nn.AvgPool2d)

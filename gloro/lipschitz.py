@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from gloro import native
 from gloro.layers import MinMax
 
 # Explicit operators up to this many entries (in x out) are bounded by an exact eigen-decomposition.
@@ -104,9 +105,16 @@ class PowerIterationBound(LayerBound):
 
         Scaling never changes the direction, so the weight is divided by its Frobenius norm once and `steps`
         rescales the iterate only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels.
+        float32 weights on the CPU take the compiled loop of `gloro.native`, which does the same in one call.
         """
+        if native.runs(weight, self.iterate) and self.advance_natively(weight, iterations):
+            return
         weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
         self.keep_direction(self.steps(weight, iterations))
+
+    def advance_natively(self, weight: torch.Tensor, iterations: int) -> bool:
+        """`advance` through the compiled loop; False (nothing done) where this operator has none."""
+        return False
 
     def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         """x ← AᵀAx `iterations` times from the stored iterate, for a weight of Frobenius norm 1; the last x."""
@@ -148,6 +156,10 @@ class LinearBound(PowerIterationBound):
                 x.div_(torch.linalg.vector_norm(x))
         return x
 
+    def advance_natively(self, weight: torch.Tensor, iterations: int) -> bool:
+        native.linear_advance(self.iterate, weight, iterations, RESCALE_EVERY)
+        return True
+
     def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
         return torch.linalg.matrix_norm(weight.double(), ord=2)
 
@@ -179,11 +191,22 @@ class Conv2dBound(PowerIterationBound):
             columns, fold = im2col_indices(self.input_shape, self.kernel_size, self.stride, self.padding)
             self.register_buffer("column_index", columns, persistent=False)
             self.register_buffer("fold_index", fold, persistent=False)
+            native_columns, native_fold = native.native_indices(columns, fold)
+            self.register_buffer("native_columns", native_columns, persistent=False)
+            self.register_buffer("native_fold", native_fold, persistent=False)
 
     def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.as_matrix:
             return weight.flatten(1) @ F.pad(x.flatten(), (0, 1)).take(self.column_index)
         return F.conv2d(x, weight, None, self.stride, self.padding)
+
+    def advance_natively(self, weight: torch.Tensor, iterations: int) -> bool:
+        if not self.as_matrix:
+            return False
+        native.conv_advance(
+            self.iterate, weight, self.native_columns, self.native_fold, self.through_gram, iterations, RESCALE_EVERY
+        )
+        return True
 
     def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         """See `PowerIterationBound.steps`."""

@@ -180,7 +180,7 @@ def test_estimate_is_differentiable_in_the_weights():
     assert torch.allclose(layer.weight.grad.abs(), expected.abs(), atol=1e-4)
 
 
-def test_a_zero_operator_keeps_the_previous_iterate():
+def test_a_zero_operator_keeps_the_previous_iterate(power_loop):
     layer = nn.Linear(5, 3)
     bound = LinearBound(layer, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -210,7 +210,7 @@ def explicit_matrix(bound, layer: nn.Module) -> torch.Tensor:
 @pytest.mark.parametrize("scale", [1.0, 1e12, 1e-12])
 @pytest.mark.parametrize("steps", [1, 4, 5, 7, 10, 13])
 @pytest.mark.parametrize("case", ["linear", "conv_gram", "conv_columns", "conv_convolutions"])
-def test_rarely_rescaled_iteration_matches_the_textbook_iteration(case, steps, scale):
+def test_rarely_rescaled_iteration_matches_the_textbook_iteration(case, steps, scale, power_loop):
     """Scaling A and rescaling the iterate only now and then must leave every iterate's direction unchanged,
     even for weights far from unit size (no overflow or underflow in float32)."""
     torch.manual_seed(steps)

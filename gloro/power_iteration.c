@@ -1,0 +1,244 @@
+/* The power iteration x <- AᵀAx of gloro's Linear and im2col Conv2d bounds, in float32 on one CPU core.
+
+   gloro/native.py compiles this file with the machine's C compiler and calls it through ctypes; the
+   PyTorch loops in gloro/lipschitz.py compute the same iterates and stay the reference (and the path on
+   GPUs, in other precisions, or without a compiler). At batch size 1 each PyTorch op costs more in
+   dispatch and in separate passes over memory than in arithmetic; here a whole advance is one call, the
+   im2col gathers feed the products directly, and the products keep 16 vector sums in registers.
+
+   Both entry points scale A by its Frobenius norm and rescale the iterate only every `rescale_every`
+   steps, exactly as the PyTorch loops do, and write the unit direction into `out`. They return 1 when
+   it was written, 0 when the iterate has no finite direction (a zero or non-finite operator: the caller
+   keeps its old iterate) and -1 when memory ran out. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float vec16 __attribute__((vector_size(64)));
+
+static inline vec16 load16(const float *p) {
+    vec16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+
+/* c[m×n] = a[m×k] · b[k×n], all row-major. Blocks of 8 rows × 32 columns of c keep 16 independent
+   vector sums, enough to hide the latency of fused multiply-adds; the edges fall back to narrower blocks. */
+static void matmul(const float *a, const float *b, float *c, int64_t m, int64_t k, int64_t n) {
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        int64_t i = 0;
+        for (; i + 8 <= m; i += 8) {
+            vec16 left[8] = {0}, right[8] = {0};
+            for (int64_t p = 0; p < k; p++) {
+                vec16 b0 = load16(b + p * n + j), b1 = load16(b + p * n + j + 16);
+                for (int r = 0; r < 8; r++) {
+                    float s = a[(i + r) * k + p];
+                    left[r] += s * b0;
+                    right[r] += s * b1;
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                store16(c + (i + r) * n + j, left[r]);
+                store16(c + (i + r) * n + j + 16, right[r]);
+            }
+        }
+        for (; i < m; i++) {
+            vec16 left = {0}, right = {0};
+            for (int64_t p = 0; p < k; p++) {
+                left += a[i * k + p] * load16(b + p * n + j);
+                right += a[i * k + p] * load16(b + p * n + j + 16);
+            }
+            store16(c + i * n + j, left);
+            store16(c + i * n + j + 16, right);
+        }
+    }
+    for (; j + 16 <= n; j += 16) {
+        int64_t i = 0;
+        for (; i + 8 <= m; i += 8) {
+            vec16 sums[8] = {0};
+            for (int64_t p = 0; p < k; p++) {
+                vec16 bv = load16(b + p * n + j);
+                for (int r = 0; r < 8; r++) sums[r] += a[(i + r) * k + p] * bv;
+            }
+            for (int r = 0; r < 8; r++) store16(c + (i + r) * n + j, sums[r]);
+        }
+        for (; i < m; i++) {
+            vec16 sum = {0};
+            for (int64_t p = 0; p < k; p++) sum += a[i * k + p] * load16(b + p * n + j);
+            store16(c + i * n + j, sum);
+        }
+    }
+    for (; j < n; j++)
+        for (int64_t i = 0; i < m; i++) {
+            float sum = 0;
+            for (int64_t p = 0; p < k; p++) sum += a[i * k + p] * b[p * n + j];
+            c[i * n + j] = sum;
+        }
+}
+
+/* ‖x‖₂, with four vector sums side by side (one running sum would wait on each addition) */
+static double norm(const float *x, int64_t n) {
+    vec16 sums[4] = {0};
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int r = 0; r < 4; r++) {
+            vec16 v = load16(x + i + 16 * r);
+            sums[r] += v * v;
+        }
+    double sum = 0;
+    for (int r = 0; r < 4; r++)
+        for (int l = 0; l < 16; l++) sum += sums[r][l];
+    for (; i < n; i++) sum += (double)x[i] * x[i];
+    return sqrt(sum);
+}
+
+static void scale(float *x, int64_t n, float factor) {
+    for (int64_t i = 0; i < n; i++) x[i] *= factor;
+}
+
+/* Write x/‖x‖ into out; 0 (out untouched) when x has no finite direction. */
+static int64_t unit_direction(const float *x, int64_t n, float *out) {
+    double length = norm(x, n);
+    if (!(length > 0) || !isfinite(length)) return 0;
+    for (int64_t i = 0; i < n; i++) out[i] = (float)(x[i] / length);
+    return 1;
+}
+
+/* One 64-byte aligned allocation split into `count` parts of the given sizes (each rounded up to 16 floats);
+   free() the first part to release it. NULL when memory ran out. */
+static float *aligned_floats(const int64_t *sizes, float **parts, int count) {
+    int64_t total = 0;
+    for (int i = 0; i < count; i++) total += (sizes[i] + 15) / 16 * 16;
+    float *block = aligned_alloc(64, sizeof(float) * (size_t)total);
+    if (!block) return NULL;
+    for (int i = 0, offset = 0; i < count; offset += (int)((sizes[i] + 15) / 16 * 16), i++) parts[i] = block + offset;
+    return block;
+}
+
+static int rescale_now(int64_t step, int64_t iterations, int64_t rescale_every) {
+    return step % rescale_every == 0 && step != iterations;  /* the last step is normalised anyway */
+}
+
+/* Linear, A = w (rows × cols): y = (w x)/‖w‖², x = wᵀy. Four rows at a time share each load of x. The
+   scaling goes on y, twice by 1/‖w‖, so that w itself is never copied. */
+int64_t gloro_linear_advance(const float *start, float *out, const float *w, int64_t rows, int64_t cols,
+                             int64_t iterations, int64_t rescale_every) {
+    double frobenius = norm(w, rows * cols);
+    if (!(frobenius > 0) || !isfinite(frobenius)) return 0;
+    float inverse = (float)(1.0 / frobenius);
+    int64_t sizes[2] = {cols, rows};
+    float *parts[2];
+    float *x = aligned_floats(sizes, parts, 2);
+    if (!x) return -1;
+    float *y = parts[1];
+    int64_t vectors = cols / 16 * 16;
+    memcpy(x, start, sizeof(float) * cols);
+    for (int64_t step = 1; step <= iterations; step++) {
+        int64_t o = 0;
+        for (; o + 4 <= rows; o += 4) {
+            const float *r0 = w + o * cols, *r1 = r0 + cols, *r2 = r1 + cols, *r3 = r2 + cols;
+            vec16 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+            for (int64_t i = 0; i < vectors; i += 16) {
+                vec16 xv = load16(x + i);
+                s0 += load16(r0 + i) * xv;
+                s1 += load16(r1 + i) * xv;
+                s2 += load16(r2 + i) * xv;
+                s3 += load16(r3 + i) * xv;
+            }
+            float t[4] = {0, 0, 0, 0};
+            for (int l = 0; l < 16; l++) {
+                t[0] += s0[l];
+                t[1] += s1[l];
+                t[2] += s2[l];
+                t[3] += s3[l];
+            }
+            for (int64_t i = vectors; i < cols; i++) {
+                t[0] += r0[i] * x[i];
+                t[1] += r1[i] * x[i];
+                t[2] += r2[i] * x[i];
+                t[3] += r3[i] * x[i];
+            }
+            for (int r = 0; r < 4; r++) y[o + r] = t[r] * inverse * inverse;
+        }
+        for (; o < rows; o++) {
+            float t = 0;
+            for (int64_t i = 0; i < cols; i++) t += w[o * cols + i] * x[i];
+            y[o] = t * inverse * inverse;
+        }
+        memset(x, 0, sizeof(float) * cols);
+        for (o = 0; o + 4 <= rows; o += 4) {
+            const float *r0 = w + o * cols, *r1 = r0 + cols, *r2 = r1 + cols, *r3 = r2 + cols;
+            float y0 = y[o], y1 = y[o + 1], y2 = y[o + 2], y3 = y[o + 3];
+            for (int64_t i = 0; i < vectors; i += 16)
+                store16(x + i, load16(x + i) + y0 * load16(r0 + i) + y1 * load16(r1 + i) + y2 * load16(r2 + i) +
+                                   y3 * load16(r3 + i));
+            for (int64_t i = vectors; i < cols; i++) x[i] += y0 * r0[i] + y1 * r1[i] + y2 * r2[i] + y3 * r3[i];
+        }
+        for (; o < rows; o++)
+            for (int64_t i = 0; i < cols; i++) x[i] += y[o] * w[o * cols + i];
+        if (rescale_now(step, iterations, rescale_every)) scale(x, cols, (float)(1.0 / norm(x, cols)));
+    }
+    int64_t written = unit_direction(x, cols, out);
+    free(x);
+    return written;
+}
+
+/* Conv2d as im2col products on an input of n entries. w is (channels × patch), the flattened kernel.
+   columns (positions × patch): the input entry each column entry reads, n for zero padding. fold
+   (reads × n): for each input entry, the column entries (as positions·patch + index) that read it, padded
+   with positions·patch, a zero. With through_gram (patch ≤ channels) one product by (wᵀw) replaces two. */
+int64_t gloro_conv_advance(const float *start, float *out, const float *w, int64_t channels, int64_t patch,
+                           const int32_t *columns, int64_t positions, const int32_t *fold, int64_t reads,
+                           int64_t n, int64_t through_gram, int64_t iterations, int64_t rescale_every) {
+    double frobenius = norm(w, channels * patch);
+    if (!(frobenius > 0) || !isfinite(frobenius)) return 0;
+    int64_t entries = positions * patch;
+    /* x: the iterate and a zero for padding; matrix: w/‖w‖; right: what the gathered columns are multiplied
+       by, (wᵀw)/‖w‖² or wᵀ/‖w‖; spread: the columns going back, and a zero for fold's padding. Each part
+       starts on a 64-byte boundary, where vector loads are fastest. */
+    int64_t sizes[6] = {n + 1, channels * patch, patch * (through_gram ? patch : channels), entries, entries + 1,
+                        positions * channels};
+    float *parts[6];
+    float *x = aligned_floats(sizes, parts, 6);
+    if (!x) return -1;
+    float *matrix = parts[1], *right = parts[2], *gathered = parts[3], *spread = parts[4], *outputs = parts[5];
+    float inverse = (float)(1.0 / frobenius);
+    for (int64_t e = 0; e < channels * patch; e++) matrix[e] = w[e] * inverse;
+    if (through_gram) {
+        for (int64_t p = 0; p < patch; p++)
+            for (int64_t q = 0; q < patch; q++) {
+                float sum = 0;
+                for (int64_t o = 0; o < channels; o++) sum += matrix[o * patch + p] * matrix[o * patch + q];
+                right[p * patch + q] = sum;
+            }
+    } else {
+        for (int64_t o = 0; o < channels; o++)
+            for (int64_t p = 0; p < patch; p++) right[p * channels + o] = matrix[o * patch + p];
+    }
+    memcpy(x, start, sizeof(float) * n);
+    x[n] = 0;
+    spread[entries] = 0;
+    for (int64_t step = 1; step <= iterations; step++) {
+        for (int64_t e = 0; e < entries; e++) gathered[e] = x[columns[e]];
+        if (through_gram) {
+            matmul(gathered, right, spread, positions, patch, patch);
+        } else {
+            matmul(gathered, right, outputs, positions, patch, channels);
+            matmul(outputs, matrix, spread, positions, channels, patch);
+        }
+        for (int64_t i = 0; i < n; i++) x[i] = spread[fold[i]];
+        for (int64_t r = 1; r < reads; r++) {
+            const int32_t *at = fold + r * n;
+            for (int64_t i = 0; i < n; i++) x[i] += spread[at[i]];
+        }
+        if (rescale_now(step, iterations, rescale_every)) scale(x, n, (float)(1.0 / norm(x, n)));
+    }
+    int64_t written = unit_direction(x, n, out);
+    free(x);
+    return written;
+}

@@ -1,0 +1,118 @@
+"""The compiled power iteration against the PyTorch loops it replaces on the CPU, and how it is built."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from gloro import native
+from gloro.lipschitz import Conv2dBound, LinearBound
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the compiled loop is not built")
+
+
+def both_paths(bound, weight: torch.Tensor, steps: int, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The iterate after `steps` steps through the compiled loop, and through the PyTorch loops."""
+    start = bound.iterate.clone()
+    bound.advance(weight, steps)
+    compiled = bound.iterate.clone()
+    bound.iterate.copy_(start)
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "library", lambda: None)
+        bound.advance(weight, steps)
+    return compiled, bound.iterate.clone()
+
+
+conv_cases = st.tuples(
+    st.integers(1, 6),  # in channels
+    st.integers(1, 40),  # out channels: vector blocks of 32 and 16 columns and a scalar edge
+    st.integers(1, 4),  # kernel
+    st.integers(1, 3),  # stride
+    st.integers(0, 2),  # padding
+    st.integers(4, 12),  # height
+    st.integers(4, 12),  # width
+).filter(lambda c: c[2] <= c[5] + 2 * c[4] and c[2] <= c[6] + 2 * c[4])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=conv_cases, steps=st.integers(1, 13), seed=st.integers(0, 2**16), channels_last=st.booleans())
+def test_compiled_conv_iterates_match_the_pytorch_loops(case, steps, seed, channels_last, monkeypatch):
+    c_in, c_out, kernel, stride, padding, height, width = case
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(c_in, c_out, kernel, stride, padding)
+    bound = Conv2dBound(layer, (c_in, height, width), torch.Generator().manual_seed(seed))
+    assert bound.as_matrix
+    if channels_last:  # the layout gloro.train uses, for the weight and, through .to(), the iterate too
+        layer.to(memory_format=torch.channels_last)
+        bound.to(memory_format=torch.channels_last)
+    compiled, reference = both_paths(bound, layer.weight.detach(), steps, monkeypatch)
+    assert torch.allclose(compiled, reference, atol=2e-6)
+    assert float(compiled.norm()) == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 15), (4, 16), (7, 17), (100, 1568), (10, 512)])
+@pytest.mark.parametrize("steps", [1, 5, 10, 13])
+def test_compiled_linear_iterates_match_the_pytorch_loops(rows, cols, steps, monkeypatch):
+    torch.manual_seed(rows * cols + steps)
+    layer = nn.Linear(cols, rows)
+    bound = LinearBound(layer, torch.Generator().manual_seed(steps))
+    compiled, reference = both_paths(bound, layer.weight.detach(), steps, monkeypatch)
+    assert torch.allclose(compiled, reference, atol=2e-6)
+
+
+@pytest.mark.parametrize("fill", [0.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("kind", ["linear", "conv_gram", "conv_columns"])
+def test_an_operator_without_a_direction_keeps_the_iterate_on_both_paths(kind, fill, monkeypatch):
+    layer = nn.Linear(9, 4) if kind == "linear" else nn.Conv2d(1 if kind == "conv_gram" else 3, 9, 3, 2, 1)
+    bound = LinearBound(layer, None) if kind == "linear" else Conv2dBound(layer, (layer.in_channels, 8, 8), None)
+    with torch.no_grad():
+        layer.weight.fill_(fill)
+    start = bound.iterate.clone()
+    compiled, reference = both_paths(bound, layer.weight.detach(), 7, monkeypatch)
+    assert torch.equal(compiled, start) and torch.equal(reference, start)
+
+
+def test_only_float32_cpu_weights_take_the_compiled_loop():
+    weight = torch.ones(3, 4)
+    assert native.runs(weight, torch.ones(1, 4))
+    assert not native.runs(weight.double(), torch.ones(1, 4).double())
+    assert not native.runs(weight.bfloat16(), torch.ones(1, 4))
+
+
+def test_a_build_is_kept_per_processor_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLORO_CACHE_DIR", str(tmp_path))
+    first = native.build()
+    built = first.stat().st_mtime_ns
+    assert native.build() == first and first.stat().st_mtime_ns == built  # not compiled again
+    monkeypatch.setattr(native, "processor", lambda: "another processor")
+    other = native.build()
+    assert other != first and other.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([first.name, other.name])  # no partial files
+
+
+@pytest.fixture
+def fresh_library():
+    """native.library() looked up afresh inside the test, and again (normally) after it."""
+    native.library.cache_clear()
+    yield
+    native.library.cache_clear()
+
+
+def test_without_a_compiler_the_pytorch_loops_run_and_a_warning_says_so(tmp_path, monkeypatch, fresh_library):
+    monkeypatch.setenv("GLORO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", os.fspath(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="could not build the compiled power iteration"):
+        assert native.library() is None
+    layer = nn.Linear(6, 4)
+    bound = LinearBound(layer, torch.Generator().manual_seed(0))
+    estimate = float(bound.estimate(layer, 500).detach())
+    assert estimate == pytest.approx(float(torch.linalg.svdvals(layer.weight.detach())[0]), rel=1e-4)
+
+
+def test_gloro_native_0_turns_it_off_without_a_warning(monkeypatch, fresh_library, recwarn):
+    monkeypatch.setenv("GLORO_NATIVE", "0")
+    assert native.library() is None
+    assert not recwarn.list

@@ -3,8 +3,8 @@
 At batch size 1 a PyTorch op costs more in dispatch than in arithmetic, so on the CPU the compiled loop
 advances an iterate 2–4× faster than the PyTorch loops in `lipschitz.py`, which compute the same iterates and
 remain the path on GPUs, in other precisions, and wherever no C compiler is found. The library is built with
-$CC (else `cc`) for this machine's processor (-march=native), into $GLORO_CACHE_DIR (else
-~/.cache/gloro-bench) under a name keyed by the source, the compiler and the processor, so a home folder
+$CC (else `cc`) for this machine's processor (-march=native), in about a second, into the data cache folder
+(~/.cache/gloro-bench) under a name keyed by the source, the compiler and the processor, so a home folder
 shared by different machines never loads a build made for another. GLORO_NATIVE=0 turns it off.
 """
 
@@ -32,10 +32,10 @@ SIGNATURES = {  # argument types of the library's entry points (see power_iterat
 
 
 def cache_dir() -> Path:
-    """Where built libraries are kept: $GLORO_CACHE_DIR, else $XDG_CACHE_HOME/gloro-bench (~/.cache)."""
-    if "GLORO_CACHE_DIR" in os.environ:
-        return Path(os.environ["GLORO_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gloro-bench"
+    """Where built libraries are kept: the folder of the data caches (~/.cache/gloro-bench, or $XDG_CACHE_HOME)."""
+    from gloro.data.registry import default_cache_dir  # imported here: the data modules are not needed until now
+
+    return default_cache_dir()
 
 
 def processor() -> str:

@@ -83,7 +83,7 @@ def test_only_float32_cpu_weights_take_the_compiled_loop():
 
 
 def test_a_build_is_kept_per_processor_and_reused(tmp_path, monkeypatch):
-    monkeypatch.setenv("GLORO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
     first = native.build()
     built = first.stat().st_mtime_ns
     assert native.build() == first and first.stat().st_mtime_ns == built  # not compiled again
@@ -102,7 +102,7 @@ def fresh_library():
 
 
 def test_without_a_compiler_the_pytorch_loops_run_and_a_warning_says_so(tmp_path, monkeypatch, fresh_library):
-    monkeypatch.setenv("GLORO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
     monkeypatch.setenv("CC", os.fspath(tmp_path / "no-such-compiler"))
     with pytest.warns(RuntimeWarning, match="could not build the compiled power iteration"):
         assert native.library() is None

@@ -26,16 +26,20 @@ static inline vec16 load16(const float *p) {
 
 static inline void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
 
+/* Element (i, p) of the left factor: a[i·k + p], or a[at[i·k + p]] when the factor is gathered from a. */
+#define A(i, p) (at ? a[at[(i) * k + (p)]] : a[(i) * k + (p)])
+
 /* c[:, 0:32] of c[m×n] = a[m×k] · b[k×·] (row strides n and ldb): blocks of 8 rows keep 16 independent
    vector sums, enough to hide the latency of fused multiply-adds. */
-static void columns32(const float *a, const float *b, int64_t ldb, float *c, int64_t n, int64_t m, int64_t k) {
+static void columns32(const float *a, const int32_t *at, const float *b, int64_t ldb, float *c, int64_t n, int64_t m,
+                      int64_t k) {
     int64_t i = 0;
     for (; i + 8 <= m; i += 8) {
         vec16 left[8] = {0}, right[8] = {0};
         for (int64_t p = 0; p < k; p++) {
             vec16 b0 = load16(b + p * ldb), b1 = load16(b + p * ldb + 16);
             for (int r = 0; r < 8; r++) {
-                float s = a[(i + r) * k + p];
+                float s = A(i + r, p);
                 left[r] += s * b0;
                 right[r] += s * b1;
             }
@@ -48,8 +52,8 @@ static void columns32(const float *a, const float *b, int64_t ldb, float *c, int
     for (; i < m; i++) {
         vec16 left = {0}, right = {0};
         for (int64_t p = 0; p < k; p++) {
-            left += a[i * k + p] * load16(b + p * ldb);
-            right += a[i * k + p] * load16(b + p * ldb + 16);
+            left += A(i, p) * load16(b + p * ldb);
+            right += A(i, p) * load16(b + p * ldb + 16);
         }
         store16(c + i * n, left);
         store16(c + i * n + 16, right);
@@ -57,34 +61,35 @@ static void columns32(const float *a, const float *b, int64_t ldb, float *c, int
 }
 
 /* c[:, 0:width] (width ≤ 16) of the same product, from 16 columns of b; only `width` of them are stored. */
-static void columns16(const float *a, const float *b, int64_t ldb, float *c, int64_t n, int64_t m, int64_t k,
-                      int64_t width) {
+static void columns16(const float *a, const int32_t *at, const float *b, int64_t ldb, float *c, int64_t n, int64_t m,
+                      int64_t k, int64_t width) {
     int64_t i = 0;
     for (; i + 8 <= m; i += 8) {
         vec16 sums[8] = {0};
         for (int64_t p = 0; p < k; p++) {
             vec16 bv = load16(b + p * ldb);
-            for (int r = 0; r < 8; r++) sums[r] += a[(i + r) * k + p] * bv;
+            for (int r = 0; r < 8; r++) sums[r] += A(i + r, p) * bv;
         }
         for (int r = 0; r < 8; r++) memcpy(c + (i + r) * n, &sums[r], sizeof(float) * width);
     }
     for (; i < m; i++) {
         vec16 sum = {0};
-        for (int64_t p = 0; p < k; p++) sum += a[i * k + p] * load16(b + p * ldb);
+        for (int64_t p = 0; p < k; p++) sum += A(i, p) * load16(b + p * ldb);
         memcpy(c + i * n, &sum, sizeof(float) * width);
     }
 }
 
 /* c[m×n] = a[m×k] · b[k×n], all row-major. The last n mod 16 columns of b are first copied into `scratch`
    (k × 16 floats) beside zeros, so that they too are computed with whole vectors. */
-static void matmul(const float *a, const float *b, float *c, int64_t m, int64_t k, int64_t n, float *scratch) {
+static void matmul(const float *a, const int32_t *at, const float *b, float *c, int64_t m, int64_t k, int64_t n,
+                   float *scratch) {
     int64_t j = 0;
-    for (; j + 32 <= n; j += 32) columns32(a, b + j, n, c + j, n, m, k);
-    for (; j + 16 <= n; j += 16) columns16(a, b + j, n, c + j, n, m, k, 16);
+    for (; j + 32 <= n; j += 32) columns32(a, at, b + j, n, c + j, n, m, k);
+    for (; j + 16 <= n; j += 16) columns16(a, at, b + j, n, c + j, n, m, k, 16);
     if (j < n) {
         memset(scratch, 0, sizeof(float) * k * 16);
         for (int64_t p = 0; p < k; p++) memcpy(scratch + p * 16, b + p * n + j, sizeof(float) * (n - j));
-        columns16(a, scratch, 16, c + j, n, m, k, n - j);
+        columns16(a, at, scratch, 16, c + j, n, m, k, n - j);
     }
 }
 
@@ -205,17 +210,16 @@ int64_t gloro_conv_advance(const float *start, float *out, const float *w, int64
     double frobenius = norm(w, channels * patch);
     if (!(frobenius > 0) || !isfinite(frobenius)) return 0;
     int64_t entries = positions * patch;
-    /* x: the iterate and a zero for padding; matrix: w/‖w‖; right: what the gathered columns are multiplied
-       by, (wᵀw)/‖w‖² or wᵀ/‖w‖; spread: the columns going back, and a zero for fold's padding; outputs: A x
-       (unused through the Gram); scratch: for matmul's last columns. Each part starts on a 64-byte boundary,
-       where vector loads are fastest. */
-    int64_t sizes[7] = {n + 1, channels * patch, patch * (through_gram ? patch : channels), entries, entries + 1,
+    /* x: the iterate and a zero for padding; matrix: w/‖w‖; right: what the columns gathered from x are
+       multiplied by, (wᵀw)/‖w‖² or wᵀ/‖w‖; spread: the columns going back, and a zero for fold's padding;
+       outputs: A x (unused through the Gram); scratch: for matmul's last columns. Each part starts on a
+       64-byte boundary, where vector loads are fastest. */
+    int64_t sizes[6] = {n + 1, channels * patch, patch * (through_gram ? patch : channels), entries + 1,
                         positions * channels, 16 * (patch > channels ? patch : channels)};
-    float *parts[7];
-    float *x = aligned_floats(sizes, parts, 7);
+    float *parts[6];
+    float *x = aligned_floats(sizes, parts, 6);
     if (!x) return -1;
-    float *matrix = parts[1], *right = parts[2], *gathered = parts[3], *spread = parts[4], *outputs = parts[5];
-    float *scratch = parts[6];
+    float *matrix = parts[1], *right = parts[2], *spread = parts[3], *outputs = parts[4], *scratch = parts[5];
     float inverse = (float)(1.0 / frobenius);
     for (int64_t e = 0; e < channels * patch; e++) matrix[e] = w[e] * inverse;
     if (through_gram) {
@@ -233,12 +237,11 @@ int64_t gloro_conv_advance(const float *start, float *out, const float *w, int64
     x[n] = 0;
     spread[entries] = 0;
     for (int64_t step = 1; step <= iterations; step++) {
-        for (int64_t e = 0; e < entries; e++) gathered[e] = x[columns[e]];
         if (through_gram) {
-            matmul(gathered, right, spread, positions, patch, patch, scratch);
+            matmul(x, columns, right, spread, positions, patch, patch, scratch);
         } else {
-            matmul(gathered, right, outputs, positions, patch, channels, scratch);
-            matmul(outputs, matrix, spread, positions, channels, patch, scratch);
+            matmul(x, columns, right, outputs, positions, patch, channels, scratch);
+            matmul(outputs, NULL, matrix, spread, positions, channels, patch, scratch);
         }
         for (int64_t i = 0; i < n; i++) x[i] = spread[fold[i]];
         for (int64_t r = 1; r < reads; r++) {

@@ -99,22 +99,29 @@ class PowerIterationBound(LayerBound):
         """A x."""
         raise NotImplementedError
 
+    @property
+    def has_compiled_loop(self) -> bool:
+        """Whether `gloro.native` has a loop for this operator (it then runs for float32 weights on the CPU)."""
+        return False
+
     @torch.no_grad()
-    def advance(self, weight: torch.Tensor, iterations: int) -> None:
+    def advance(self, weight: torch.Tensor, iterations: int) -> torch.Tensor | None:
         """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖ (no host sync inside the loop).
 
         Scaling never changes the direction, so the weight is divided by its Frobenius norm once and `steps`
         rescales the iterate only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels.
-        float32 weights on the CPU take the compiled loop of `gloro.native`, which does the same in one call.
+        float32 weights on the CPU take the compiled loop of `gloro.native`, which does the same in one call;
+        for a conv it also returns the gradient of ‖Ax‖ in the weight at the new x (else None).
         """
-        if native.runs(weight, self.iterate) and self.advance_natively(weight, iterations):
-            return
+        if self.has_compiled_loop and native.runs(weight, self.iterate):
+            return self.advance_natively(weight, iterations)
         weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
         self.keep_direction(self.steps(weight, iterations))
+        return None
 
-    def advance_natively(self, weight: torch.Tensor, iterations: int) -> bool:
-        """`advance` through the compiled loop; False (nothing done) where this operator has none."""
-        return False
+    def advance_natively(self, weight: torch.Tensor, iterations: int) -> torch.Tensor | None:
+        """`advance` through the compiled loop."""
+        raise NotImplementedError
 
     def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         """x ← AᵀAx `iterations` times from the stored iterate, for a weight of Frobenius norm 1; the last x."""
@@ -131,8 +138,9 @@ class PowerIterationBound(LayerBound):
         Runs in the weight's precision even under autocast: a half-precision K would be off in its third digit.
         """
         with full_precision(layer.weight.device):
-            if iterations:
-                self.advance(layer.weight.detach(), iterations)
+            gradient = self.advance(layer.weight.detach(), iterations) if iterations else None
+            if gradient is not None:  # u xᵀ: Σ W ⊙ u xᵀ = uᵀAx = ‖Ax‖, with the same gradient, in two small ops
+                return torch.sum(layer.weight * gradient)
             return torch.linalg.vector_norm(self.operator(self.iterate, layer.weight))
 
 
@@ -156,9 +164,11 @@ class LinearBound(PowerIterationBound):
                 x.div_(torch.linalg.vector_norm(x))
         return x
 
-    def advance_natively(self, weight: torch.Tensor, iterations: int) -> bool:
+    has_compiled_loop = True
+
+    def advance_natively(self, weight: torch.Tensor, iterations: int) -> None:
+        """See `PowerIterationBound.advance`; no gradient: for a wide W, u xᵀ costs more than Wx again."""
         native.linear_advance(self.iterate, weight, iterations, RESCALE_EVERY)
-        return True
 
     def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
         return torch.linalg.matrix_norm(weight.double(), ord=2)
@@ -200,13 +210,14 @@ class Conv2dBound(PowerIterationBound):
             return weight.flatten(1) @ F.pad(x.flatten(), (0, 1)).take(self.column_index)
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
-    def advance_natively(self, weight: torch.Tensor, iterations: int) -> bool:
-        if not self.as_matrix:
-            return False
-        native.conv_advance(
+    @property
+    def has_compiled_loop(self) -> bool:
+        return self.as_matrix
+
+    def advance_natively(self, weight: torch.Tensor, iterations: int) -> torch.Tensor | None:
+        return native.conv_advance(
             self.iterate, weight, self.native_columns, self.native_fold, self.through_gram, iterations, RESCALE_EVERY
         )
-        return True
 
     def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         """See `PowerIterationBound.steps`."""

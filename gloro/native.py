@@ -27,7 +27,22 @@ FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")  # gnu: fused
 POINTER, INT = ctypes.c_void_p, ctypes.c_int64
 SIGNATURES = {  # argument types of the library's entry points (see power_iteration.c)
     "gloro_linear_advance": (POINTER, POINTER, POINTER, INT, INT, INT, INT),
-    "gloro_conv_advance": (POINTER, POINTER, POINTER, INT, INT, POINTER, INT, POINTER, INT, INT, INT, INT, INT),
+    "gloro_conv_advance": (
+        POINTER,
+        POINTER,
+        POINTER,
+        POINTER,
+        INT,
+        INT,
+        POINTER,
+        INT,
+        POINTER,
+        INT,
+        INT,
+        INT,
+        INT,
+        INT,
+    ),
 }
 
 
@@ -128,14 +143,20 @@ def conv_advance(
     through_gram: bool,
     iterations: int,
     rescale_every: int,
-) -> None:
-    """`iterations` steps of x ← AᵀAx / ‖AᵀAx‖ on `iterate` (in place) for a conv given by `native_indices`."""
+) -> torch.Tensor | None:
+    """`iterations` steps of x ← AᵀAx / ‖AᵀAx‖ on `iterate` (in place) for a conv given by `native_indices`.
+
+    Returns u xᵀ in the weight's shape (u = Ax/‖Ax‖ at the new x): the gradient of ‖Ax‖ in the weight, whose
+    inner product with the weight is ‖Ax‖; None where the iterate had no direction to move to.
+    """
     start, w = iterate.contiguous(), weight.contiguous()
     direction = torch.empty(iterate.shape, dtype=torch.float32)
+    gradient = torch.empty(weight.shape, dtype=torch.float32)
     positions, patch = columns.shape
     status = library().gloro_conv_advance(
         start.data_ptr(),
         direction.data_ptr(),
+        gradient.data_ptr(),
         w.data_ptr(),
         len(w),
         patch,
@@ -149,6 +170,7 @@ def conv_advance(
         rescale_every,
     )
     keep(status, direction, iterate)
+    return gradient if status else None
 
 
 def native_indices(columns: torch.Tensor, fold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

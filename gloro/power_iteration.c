@@ -7,7 +7,8 @@
    im2col gathers feed the products directly, and the products keep 16 vector sums in registers.
 
    Both entry points scale A by its Frobenius norm and rescale the iterate only every `rescale_every`
-   steps, exactly as the PyTorch loops do, and write the unit direction into `out`. They return 1 when
+   steps, exactly as the PyTorch loops do, and write the unit direction into `out` (the conv one also
+   the gradient of the training estimate). They return 1 when
    it was written, 0 when the iterate has no finite direction (a zero or non-finite operator: the caller
    keeps its old iterate) and -1 when memory ran out. */
 
@@ -203,44 +204,42 @@ int64_t gloro_linear_advance(const float *start, float *out, const float *w, int
 /* Conv2d as im2col products on an input of n entries. w is (channels × patch), the flattened kernel.
    columns (positions × patch): the input entry each column entry reads, n for zero padding. fold
    (reads × n): for each input entry, the column entries (as positions·patch + index) that read it, padded
-   with positions·patch, a zero. With through_gram (patch ≤ channels) one product by (wᵀw) replaces two. */
-int64_t gloro_conv_advance(const float *start, float *out, const float *w, int64_t channels, int64_t patch,
-                           const int32_t *columns, int64_t positions, const int32_t *fold, int64_t reads,
-                           int64_t n, int64_t through_gram, int64_t iterations, int64_t rescale_every) {
+   with positions·patch, a zero. With through_gram (patch ≤ channels) one product by (wᵀw) replaces two.
+   When the direction x is written, `gradient` (channels × patch) receives u xᵀ in the kernel's layout,
+   u = A x / ‖A x‖: the gradient of ‖A x‖ in w, and Σ w ⊙ (u xᵀ) = ‖A x‖, so training can take the estimate
+   as that sum instead of gathering the columns and multiplying again. */
+int64_t gloro_conv_advance(const float *start, float *out, float *gradient, const float *w, int64_t channels,
+                           int64_t patch, const int32_t *columns, int64_t positions, const int32_t *fold,
+                           int64_t reads, int64_t n, int64_t through_gram, int64_t iterations,
+                           int64_t rescale_every) {
     double frobenius = norm(w, channels * patch);
     if (!(frobenius > 0) || !isfinite(frobenius)) return 0;
-    int64_t entries = positions * patch;
-    /* x: the iterate and a zero for padding; matrix: w/‖w‖; right: what the columns gathered from x are
-       multiplied by, (wᵀw)/‖w‖² or wᵀ/‖w‖; spread: the columns going back, and a zero for fold's padding;
-       outputs: A x (unused through the Gram); scratch: for matmul's last columns. Each part starts on a
-       64-byte boundary, where vector loads are fastest. */
-    int64_t sizes[6] = {n + 1, channels * patch, patch * (through_gram ? patch : channels), entries + 1,
-                        positions * channels, 16 * (patch > channels ? patch : channels)};
-    float *parts[6];
-    float *x = aligned_floats(sizes, parts, 6);
+    int64_t entries = positions * patch, widest = positions > patch ? positions : patch;
+    widest = widest > channels ? widest : channels;
+    /* x: the iterate and a zero for padding; matrix: w/‖w‖; transposed: its transpose; gram: (wᵀw)/‖w‖²;
+       spread: the columns going back, and a zero for fold's padding; outputs: A x (positions × channels);
+       across: outputs transposed; scratch: for matmul's last columns. Each part starts on a 64-byte
+       boundary, where vector loads are fastest. */
+    int64_t sizes[8] = {n + 1,     channels * patch,      patch * channels,      through_gram ? patch * patch : 0,
+                        entries + 1, positions * channels, positions * channels, 16 * widest};
+    float *parts[8];
+    float *x = aligned_floats(sizes, parts, 8);
     if (!x) return -1;
-    float *matrix = parts[1], *right = parts[2], *spread = parts[3], *outputs = parts[4], *scratch = parts[5];
+    float *matrix = parts[1], *transposed = parts[2], *gram = parts[3], *spread = parts[4], *outputs = parts[5];
+    float *across = parts[6], *scratch = parts[7];
     float inverse = (float)(1.0 / frobenius);
     for (int64_t e = 0; e < channels * patch; e++) matrix[e] = w[e] * inverse;
-    if (through_gram) {
-        for (int64_t p = 0; p < patch; p++)
-            for (int64_t q = 0; q < patch; q++) {
-                float sum = 0;
-                for (int64_t o = 0; o < channels; o++) sum += matrix[o * patch + p] * matrix[o * patch + q];
-                right[p * patch + q] = sum;
-            }
-    } else {
-        for (int64_t o = 0; o < channels; o++)
-            for (int64_t p = 0; p < patch; p++) right[p * channels + o] = matrix[o * patch + p];
-    }
+    for (int64_t o = 0; o < channels; o++)
+        for (int64_t p = 0; p < patch; p++) transposed[p * channels + o] = matrix[o * patch + p];
+    if (through_gram) matmul(transposed, NULL, matrix, gram, patch, channels, patch, scratch);
     memcpy(x, start, sizeof(float) * n);
     x[n] = 0;
     spread[entries] = 0;
     for (int64_t step = 1; step <= iterations; step++) {
         if (through_gram) {
-            matmul(x, columns, right, spread, positions, patch, patch, scratch);
+            matmul(x, columns, gram, spread, positions, patch, patch, scratch);
         } else {
-            matmul(x, columns, right, outputs, positions, patch, channels, scratch);
+            matmul(x, columns, transposed, outputs, positions, patch, channels, scratch);
             matmul(outputs, NULL, matrix, spread, positions, channels, patch, scratch);
         }
         for (int64_t i = 0; i < n; i++) x[i] = spread[fold[i]];
@@ -251,6 +250,16 @@ int64_t gloro_conv_advance(const float *start, float *out, const float *w, int64
         if (rescale_now(step, iterations, rescale_every)) scale(x, n, (float)(1.0 / norm(x, n)));
     }
     int64_t written = unit_direction(x, n, out);
+    if (written) {
+        memcpy(x, out, sizeof(float) * n);
+        for (int64_t e = 0; e < entries; e++) spread[e] = x[columns[e]];  /* the columns of the new x */
+        matmul(spread, NULL, transposed, outputs, positions, patch, channels, scratch);
+        double length = norm(outputs, positions * channels);  /* ‖A x‖/‖w‖, > 0 unless it underflowed */
+        float unit = length > 0 ? (float)(1.0 / length) : 0;  /* a zero gradient then, as torch's norm gives */
+        for (int64_t p = 0; p < positions; p++)
+            for (int64_t o = 0; o < channels; o++) across[o * positions + p] = outputs[p * channels + o] * unit;
+        matmul(across, NULL, spread, gradient, channels, positions, patch, scratch);
+    }
     free(x);
     return written;
 }

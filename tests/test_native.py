@@ -116,3 +116,26 @@ def test_gloro_native_0_turns_it_off_without_a_warning(monkeypatch, fresh_librar
     monkeypatch.setenv("GLORO_NATIVE", "0")
     assert native.library() is None
     assert not recwarn.list
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=conv_cases, seed=st.integers(0, 2**16), channels_last=st.booleans())
+def test_compiled_conv_estimates_have_the_pytorch_value_and_gradient(case, seed, channels_last, monkeypatch):
+    """The compiled loop's estimate Σ W ⊙ u xᵀ equals ‖Ax‖ and its weight gradient that of the norm."""
+    c_in, c_out, kernel, stride, padding, height, width = case
+    torch.manual_seed(seed)
+    layer = nn.Conv2d(c_in, c_out, kernel, stride, padding)
+    if channels_last:
+        layer.to(memory_format=torch.channels_last)
+    bound = Conv2dBound(layer, (c_in, height, width), torch.Generator().manual_seed(seed))
+    start = bound.iterate.clone()
+    compiled = bound.estimate(layer, 3)
+    compiled.backward()
+    compiled_gradient, layer.weight.grad = layer.weight.grad, None
+    bound.iterate.copy_(start)
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "library", lambda: None)
+        reference = bound.estimate(layer, 3)
+    reference.backward()
+    assert float(compiled.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert torch.allclose(compiled_gradient, layer.weight.grad, atol=1e-5)

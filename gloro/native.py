@@ -1,11 +1,13 @@
-"""The power iteration compiled from C (`power_iteration.c`) for float32 weights on the CPU, built on first use.
+"""The CPU's hot paths compiled from C, built on first use: the power iteration (`power_iteration.c`) for
+float32 weights, and the certificate margin (`margin.c`) for float32 logits.
 
 At batch size 1 a PyTorch op costs more in dispatch than in arithmetic, so on the CPU the compiled loop
-advances an iterate 2–4× faster than the PyTorch loops in `lipschitz.py`, which compute the same iterates and
-remain the path on GPUs, in other precisions, and wherever no C compiler is found. The library is built with
-$CC (else `cc`) for this machine's processor (-march=native), in about a second, into the data cache folder
-(~/.cache/gloro-bench) under a name keyed by the source, the compiler and the processor, so a home folder
-shared by different machines never loads a build made for another. GLORO_NATIVE=0 turns it off.
+advances an iterate 1.5–5× faster than the PyTorch loops in `lipschitz.py`; likewise one call certifies a
+batch where `margin.certify_logits` takes eight small ops. The PyTorch code computes the same numbers and
+remains the path on GPUs, in other precisions, and wherever no C compiler is found. The library is built
+with $CC (else `cc`) for this machine's processor (-march=native), in about a second, into the data cache
+folder (~/.cache/gloro-bench) under a name keyed by the sources, the compiler and the processor, so a home
+folder shared by different machines never loads a build made for another. GLORO_NATIVE=0 turns it off.
 """
 
 from __future__ import annotations
@@ -22,27 +24,14 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("power_iteration.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("power_iteration.c", "margin.c"))
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")  # gnu: fused multiply-adds
 POINTER, INT = ctypes.c_void_p, ctypes.c_int64
-SIGNATURES = {  # argument types of the library's entry points (see power_iteration.c)
+CONV_ARGUMENTS = (POINTER,) * 4 + (INT, INT, POINTER, INT, POINTER, INT, INT, INT, INT, INT)
+SIGNATURES = {  # argument types of the library's entry points (see the C sources)
     "gloro_linear_advance": (POINTER, POINTER, POINTER, INT, INT, INT, INT),
-    "gloro_conv_advance": (
-        POINTER,
-        POINTER,
-        POINTER,
-        POINTER,
-        INT,
-        INT,
-        POINTER,
-        INT,
-        POINTER,
-        INT,
-        INT,
-        INT,
-        INT,
-        INT,
-    ),
+    "gloro_conv_advance": CONV_ARGUMENTS,
+    "gloro_certify": (POINTER, INT, INT, POINTER, ctypes.c_double, POINTER, POINTER, POINTER),
 }
 
 
@@ -64,18 +53,18 @@ def processor() -> str:
 
 
 def build() -> Path:
-    """Compile the library unless a build for this source, compiler and processor exists; its path."""
+    """Compile the library unless a build for these sources, compiler and processor exists; its path."""
     compiler = os.environ.get("CC") or "cc"
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
-    key = "\0".join((SOURCE.read_text(), compiler, version, " ".join(FLAGS), processor()))
-    target = cache_dir() / f"power_iteration-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    key = "\0".join((*(source.read_text() for source in SOURCES), compiler, version, " ".join(FLAGS), processor()))
+    target = cache_dir() / f"gloro-native-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, partial = tempfile.mkstemp(dir=target.parent, prefix=".building-", suffix=".so")
     os.close(descriptor)
     try:
-        command = [compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"]
+        command = [compiler, *FLAGS, "-o", partial, *map(str, SOURCES), "-lm"]
         subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
         os.replace(partial, target)  # atomic: concurrent jobs each build, and one of the identical files wins
     finally:
@@ -85,7 +74,7 @@ def build() -> Path:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled power iteration, or None (turned off, or it could not be built: a warning says why)."""
+    """The compiled library, or None (turned off, or it could not be built: a warning says why)."""
     if os.environ.get("GLORO_NATIVE", "1") == "0":
         return None
     try:
@@ -93,9 +82,9 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
         warnings.warn(
-            f"gloro: could not build the compiled power iteration ({str(detail).strip()[:500]}); using the "
-            "PyTorch loops, which give the same iterates more slowly on the CPU. Install a C compiler (or set "
-            "CC) to build it, or set GLORO_NATIVE=0 to silence this warning.",
+            f"gloro: could not build the compiled power iteration and margin ({str(detail).strip()[:500]}); "
+            "using the PyTorch code, which gives the same numbers more slowly on the CPU. Install a C compiler "
+            "(or set CC) to build them, or set GLORO_NATIVE=0 to silence this warning.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -180,3 +169,29 @@ def native_indices(columns: torch.Tensor, fold: torch.Tensor) -> tuple[torch.Ten
     entries = patch * positions
     remapped = torch.where(fold < entries, (fold % positions) * patch + fold // positions, entries)
     return columns.t().contiguous().int(), remapped.int()
+
+
+def certify(
+    logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Predictions, certified mask and radii as `margin.certify_logits` defines them, for float32 logits and a
+    float64 m×m K_ij on the CPU; None where this does not apply (other dtypes or devices, no library, or a
+    non-finite logit), so the caller computes them with PyTorch."""
+    if not (
+        logits.dim() == 2
+        and margin_lipschitz.shape == (logits.shape[1], logits.shape[1])
+        and logits.device.type == margin_lipschitz.device.type == "cpu"
+        and logits.dtype == torch.float32
+        and margin_lipschitz.dtype == torch.float64
+        and library() is not None
+    ):
+        return None
+    y, k = logits.detach().contiguous(), margin_lipschitz.detach().contiguous()
+    classes = y.shape[1]
+    top = torch.empty(len(y), dtype=torch.int64)
+    radius = torch.empty(len(y), dtype=torch.float64)
+    certified = torch.empty(len(y), dtype=torch.bool)
+    status = library().gloro_certify(
+        y.data_ptr(), len(y), classes, k.data_ptr(), epsilon, top.data_ptr(), radius.data_ptr(), certified.data_ptr()
+    )
+    return None if status else (top, certified, radius)

@@ -10,6 +10,7 @@ from torch import nn
 
 from gloro import native
 from gloro.lipschitz import Conv2dBound, LinearBound
+from gloro.margin import certify_logits
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the compiled loop is not built")
 
@@ -139,3 +140,42 @@ def test_compiled_conv_estimates_have_the_pytorch_value_and_gradient(case, seed,
     reference.backward()
     assert float(compiled.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
     assert torch.allclose(compiled_gradient, layer.weight.grad, atol=1e-5)
+
+
+def torch_certificate(logits, lipschitz, epsilon, monkeypatch):
+    """margin.certify_logits with the compiled margin switched off."""
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "library", lambda: None)
+        return certify_logits(logits, lipschitz, epsilon)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 10, 200])
+@pytest.mark.parametrize("logits_kind", ["normal", "ties", "non_finite"])
+def test_compiled_certificates_are_the_pytorch_certificates_bit_for_bit(classes, logits_kind, monkeypatch):
+    torch.manual_seed(classes)
+    logits = torch.randn(500, classes) * 3
+    if logits_kind == "ties":  # several classes share the top logit: the first one is the prediction
+        logits = torch.randint(0, 3, (500, classes)).float()
+    elif logits_kind == "non_finite":
+        logits[::7, 0], logits[3::7, -1], logits[5::7, 0] = float("nan"), float("inf"), float("-inf")
+    weights = torch.randn(classes, 6, dtype=torch.float64)
+    weights[classes // 2] = weights[0]  # two identical head rows: K_ij = 0, an infinite radius between them
+    lipschitz = 1.7 * torch.cdist(weights, weights)
+    outcomes = set()
+    for epsilon in (0.0, 0.3, 2.0):
+        compiled = certify_logits(logits, lipschitz, epsilon)
+        outcomes.update(compiled.certified.tolist())
+        reference = torch_certificate(logits, lipschitz, epsilon, monkeypatch)
+        assert torch.equal(compiled.predictions, reference.predictions)
+        assert torch.equal(compiled.certified, reference.certified)
+        assert torch.equal(compiled.radius.isnan(), reference.radius.isnan())
+        assert torch.equal(compiled.radius.nan_to_num(), reference.radius.nan_to_num())
+    assert outcomes == {True, False} or classes <= 2  # certified and rejected points both compared
+
+
+def test_the_compiled_margin_takes_only_float32_logits_and_a_matching_float64_k():
+    k = torch.ones(3, 3, dtype=torch.float64)
+    assert native.certify(torch.zeros(4, 3), k, 0.1) is not None
+    assert native.certify(torch.zeros(4, 3).double(), k, 0.1) is None
+    assert native.certify(torch.zeros(4, 3), k.float(), 0.1) is None
+    assert native.certify(torch.zeros(4, 2), k, 0.1) is None  # the PyTorch path then reports the mismatch

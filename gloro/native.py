@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("power_iteration.c", "margin.c"))
-FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")  # gnu: fused multiply-adds
+# gnu11 rather than c11: the ISO modes stop the compiler from fusing a·b + c into one multiply-add
+FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")
 POINTER, INT = ctypes.c_void_p, ctypes.c_int64
 CONV_ARGUMENTS = (POINTER,) * 4 + (INT, INT, POINTER, INT, POINTER, INT, INT, INT, INT, INT)
 SIGNATURES = {  # argument types of the library's entry points (see the C sources)
@@ -105,7 +106,7 @@ def runs(weight: torch.Tensor, iterate: torch.Tensor) -> bool:
     )
 
 
-def keep(status: int, direction: torch.Tensor, iterate: torch.Tensor) -> None:
+def store_direction(status: int, direction: torch.Tensor, iterate: torch.Tensor) -> None:
     """Store the new unit direction in `iterate` when one was written (status 1); see power_iteration.c."""
     if status < 0:
         raise MemoryError("the compiled power iteration could not allocate its work space")
@@ -121,7 +122,7 @@ def linear_advance(iterate: torch.Tensor, weight: torch.Tensor, iterations: int,
     status = library().gloro_linear_advance(
         start.data_ptr(), direction.data_ptr(), w.data_ptr(), rows, cols, iterations, rescale_every
     )
-    keep(status, direction, iterate)
+    store_direction(status, direction, iterate)
 
 
 def conv_advance(
@@ -158,7 +159,7 @@ def conv_advance(
         iterations,
         rescale_every,
     )
-    keep(status, direction, iterate)
+    store_direction(status, direction, iterate)
     return gradient if status else None
 
 

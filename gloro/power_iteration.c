@@ -129,7 +129,11 @@ static float *aligned_floats(const int64_t *sizes, float **parts, int count) {
     for (int i = 0; i < count; i++) total += (sizes[i] + 15) / 16 * 16;
     float *block = aligned_alloc(64, sizeof(float) * (size_t)total);
     if (!block) return NULL;
-    for (int i = 0, offset = 0; i < count; offset += (int)((sizes[i] + 15) / 16 * 16), i++) parts[i] = block + offset;
+    int64_t offset = 0;
+    for (int i = 0; i < count; i++) {
+        parts[i] = block + offset;
+        offset += (sizes[i] + 15) / 16 * 16;
+    }
     return block;
 }
 

@@ -1,6 +1,7 @@
 """Fixtures shared by several test files."""
 
 import pytest
+from hypothesis import strategies as st
 
 import gloro
 from gloro import native
@@ -29,3 +30,17 @@ def power_loop(request, monkeypatch):
     elif native.library() is None:
         pytest.skip("the compiled power iteration could not be built on this machine")
     return request.param
+
+
+def conv_case_strategy(in_channels: int, out_channels: int, kernel: int, size: int) -> st.SearchStrategy:
+    """Conv2d settings (in, out, kernel, stride, padding, height, width) up to these sizes, stride ≤ 3,
+    padding ≤ 2, inputs from 4×4, where the kernel fits the padded input."""
+    return st.tuples(
+        st.integers(1, in_channels),
+        st.integers(1, out_channels),
+        st.integers(1, kernel),
+        st.integers(1, 3),
+        st.integers(0, 2),
+        st.integers(4, size),
+        st.integers(4, size),
+    ).filter(lambda c: c[2] <= c[5] + 2 * c[4] and c[2] <= c[6] + 2 * c[4])

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import conv_case_strategy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -32,15 +33,7 @@ def converged(bound, layer: nn.Module, max_iterations: int = 3000, tol: float = 
     return current
 
 
-conv_cases = st.tuples(
-    st.integers(1, 3),  # in channels
-    st.integers(1, 4),  # out channels
-    st.integers(1, 5),  # kernel
-    st.integers(1, 3),  # stride
-    st.integers(0, 2),  # padding
-    st.integers(4, 9),  # height
-    st.integers(4, 9),  # width
-).filter(lambda c: c[2] <= c[5] + 2 * c[4] and c[2] <= c[6] + 2 * c[4])
+conv_cases = conv_case_strategy(3, 4, 5, 9)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import conv_case_strategy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -27,15 +28,7 @@ def both_paths(bound, weight: torch.Tensor, steps: int, monkeypatch) -> tuple[to
     return compiled, bound.iterate.clone()
 
 
-conv_cases = st.tuples(
-    st.integers(1, 6),  # in channels
-    st.integers(1, 40),  # out channels: vector blocks of 32 and 16 columns and a scalar edge
-    st.integers(1, 4),  # kernel
-    st.integers(1, 3),  # stride
-    st.integers(0, 2),  # padding
-    st.integers(4, 12),  # height
-    st.integers(4, 12),  # width
-).filter(lambda c: c[2] <= c[5] + 2 * c[4] and c[2] <= c[6] + 2 * c[4])
+conv_cases = conv_case_strategy(6, 40, 4, 12)  # out channels: vector blocks of 32, 16 and an edge
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -13,7 +13,7 @@ from gloro import native
 from gloro.lipschitz import Conv2dBound, LinearBound
 from gloro.margin import certify_logits
 
-pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the compiled loop is not built")
+needs_library = pytest.mark.skipif(native.library() is None, reason="no C compiler: the library is not built")
 
 
 def both_paths(bound, weight: torch.Tensor, steps: int, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +31,7 @@ def both_paths(bound, weight: torch.Tensor, steps: int, monkeypatch) -> tuple[to
 conv_cases = conv_case_strategy(6, 40, 4, 12)  # out channels: vector blocks of 32, 16 and an edge
 
 
+@needs_library
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=conv_cases, steps=st.integers(1, 13), seed=st.integers(0, 2**16), channels_last=st.booleans())
 def test_compiled_conv_iterates_match_the_pytorch_loops(case, steps, seed, channels_last, monkeypatch):
@@ -47,6 +48,7 @@ def test_compiled_conv_iterates_match_the_pytorch_loops(case, steps, seed, chann
     assert float(compiled.norm()) == pytest.approx(1.0, rel=1e-6)
 
 
+@needs_library
 @pytest.mark.parametrize(("rows", "cols"), [(1, 1), (3, 15), (4, 16), (7, 17), (100, 1568), (10, 512)])
 @pytest.mark.parametrize("steps", [1, 5, 10, 13])
 def test_compiled_linear_iterates_match_the_pytorch_loops(rows, cols, steps, monkeypatch):
@@ -57,6 +59,7 @@ def test_compiled_linear_iterates_match_the_pytorch_loops(rows, cols, steps, mon
     assert torch.allclose(compiled, reference, atol=2e-6)
 
 
+@needs_library
 @pytest.mark.parametrize("fill", [0.0, float("nan"), float("inf")])
 @pytest.mark.parametrize("kind", ["linear", "conv_gram", "conv_columns"])
 def test_an_operator_without_a_direction_keeps_the_iterate_on_both_paths(kind, fill, monkeypatch):
@@ -69,6 +72,7 @@ def test_an_operator_without_a_direction_keeps_the_iterate_on_both_paths(kind, f
     assert torch.equal(compiled, start) and torch.equal(reference, start)
 
 
+@needs_library
 def test_only_float32_cpu_weights_take_the_compiled_loop():
     weight = torch.ones(3, 4)
     assert native.runs(weight, torch.ones(1, 4))
@@ -76,6 +80,7 @@ def test_only_float32_cpu_weights_take_the_compiled_loop():
     assert not native.runs(weight.bfloat16(), torch.ones(1, 4))
 
 
+@needs_library
 def test_a_build_is_kept_per_processor_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(native, "cache_dir", lambda: tmp_path)
     first = native.build()
@@ -112,6 +117,7 @@ def test_gloro_native_0_turns_it_off_without_a_warning(monkeypatch, fresh_librar
     assert not recwarn.list
 
 
+@needs_library
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=conv_cases, seed=st.integers(0, 2**16), channels_last=st.booleans())
 def test_compiled_conv_estimates_have_the_pytorch_value_and_gradient(case, seed, channels_last, monkeypatch):
@@ -142,6 +148,7 @@ def torch_certificate(logits, lipschitz, epsilon, monkeypatch):
         return certify_logits(logits, lipschitz, epsilon)
 
 
+@needs_library
 @pytest.mark.parametrize("classes", [1, 2, 10, 200])
 @pytest.mark.parametrize("logits_kind", ["normal", "ties", "non_finite"])
 def test_compiled_certificates_are_the_pytorch_certificates_bit_for_bit(classes, logits_kind, monkeypatch):
@@ -166,6 +173,7 @@ def test_compiled_certificates_are_the_pytorch_certificates_bit_for_bit(classes,
     assert outcomes == {True, False} or classes <= 2  # certified and rejected points both compared
 
 
+@needs_library
 def test_the_compiled_margin_takes_only_float32_logits_and_a_matching_float64_k():
     k = torch.ones(3, 3, dtype=torch.float64)
     assert native.certify(torch.zeros(4, 3), k, 0.1) is not None

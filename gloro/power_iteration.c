@@ -7,10 +7,9 @@
    im2col gathers feed the products directly, and the products keep 16 vector sums in registers.
 
    Both entry points scale A by its Frobenius norm and rescale the iterate only every `rescale_every`
-   steps, exactly as the PyTorch loops do, and write the unit direction into `out` (the conv one also
-   the gradient of the training estimate). They return 1 when
-   it was written, 0 when the iterate has no finite direction (a zero or non-finite operator: the caller
-   keeps its old iterate) and -1 when memory ran out. */
+   steps, exactly as the PyTorch loops do, and write the unit direction into `out` (the conv one also the
+   gradient of the training estimate). They return 1 when it was written, 0 when the iterate has no finite
+   direction (a zero or non-finite operator: the caller keeps its old iterate) and -1 when memory ran out. */
 
 #include <math.h>
 #include <stdint.h>

@@ -50,9 +50,17 @@ def affine_maps(layer: nn.Module, dtype: torch.dtype):
 
 
 def propagate(
-    net: GloroNet, x: torch.Tensor, epsilon: float, layer_norms: list[torch.Tensor], dtype: torch.dtype
+    net: GloroNet,
+    x: torch.Tensor,
+    epsilon: float,
+    layer_norms: list[torch.Tensor],
+    dtype: torch.dtype,
+    trace: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(μ, ρ, l, u) of the penultimate features over B(x, ε): centre (N, d), radius (N,), box (N, d) each."""
+    """(μ, ρ, l, u) of the penultimate features over B(x, ε): centre (N, d), radius (N,), box (N, d) each.
+
+    `trace`, when given, receives every layer's (μ, ρ, l, u) in order (for tests of each intermediate box).
+    """
     mu = x.to(dtype)
     rho = torch.full((len(x),), float(epsilon), dtype=dtype, device=x.device)
     lower, upper = mu - epsilon, mu + epsilon
@@ -78,6 +86,8 @@ def propagate(
                 f"BCP here propagates through Linear, Conv2d, ReLU, Flatten and Identity, not {kind.__name__} "
                 f"({layer!r})"
             )
+        if trace is not None:
+            trace.append((mu, rho, lower, upper))
     if mu.dim() != 2:
         raise ValueError(f"the logit layer expects flat features, got a body output of shape {tuple(mu.shape[1:])}")
     return mu, rho, lower, upper

@@ -10,8 +10,9 @@ import csv
 import json
 import platform
 import subprocess
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -20,12 +21,15 @@ import torch
 from gloro.architectures import create_model
 from gloro.atomic import atomic_path, write_json
 from gloro.attack import audit_soundness, pgd_accuracy
+from gloro.certify import Certificate, create_certifier, list_certifiers
+from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import load, save
 from gloro.data import Split, Subset, load_dataset
 from gloro.evaluate import certification_report
 from gloro.gloro_net import GloroNet
 from gloro.local_certify import compare_local_global
-from gloro.schedules import schedule_from_config
+from gloro.methods import get_method
+from gloro.schedules import SCHEDULES, schedule_from_config, schedule_to_config
 from gloro.tightness import global_tightness
 from gloro.train import TrainingRecipe, finished_epochs, train
 
@@ -42,7 +46,8 @@ class Experiment:
     epochs: int
     activation: str = "relu"
     init: str = "glorot_uniform"
-    loss: str = "gloro"
+    method: str = "gloro"
+    loss: str | None = None  # the method's default loss (gloro for GloRo)
     trades_lambda: float | dict = 1.0
     trades_robust_term: str = "ce"
     warmup_epochs: int = 0
@@ -53,6 +58,42 @@ class Experiment:
     seed: int = 0
     when_available: bool = False
     subset: dict = field(default_factory=dict)
+    kappa: float | dict | None = None
+    kw_projections: int | None = None
+    bcp_solver_iterations: int | None = None
+    certifiers: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        method = get_method(self.method)
+        if self.loss is None:
+            object.__setattr__(self, "loss", method.losses[0])
+        if self.loss not in method.losses:
+            raise ValueError(
+                f"experiment {self.name!r}: method {self.method!r} trains with loss {' or '.join(method.losses)}, "
+                f"not {self.loss!r}"
+            )
+        owners = {"kappa": "bcp", "bcp_solver_iterations": "bcp", "kw_projections": "kw"}
+        for key, owner in owners.items():
+            if getattr(self, key) is not None and self.method != owner:
+                raise ValueError(
+                    f"experiment {self.name!r}: {key} is a {owner} option, but its method is {self.method!r}"
+                )
+        certifiers = (method.certifier,) if self.certifiers is None else tuple(self.certifiers)
+        known = list_certifiers()
+        if unknown := [name for name in certifiers if name not in known]:
+            raise ValueError(f"experiment {self.name!r}: unknown certifiers {unknown}; known: {', '.join(known)}")
+        if not certifiers or certifiers[0] != method.certifier:
+            raise ValueError(
+                f"experiment {self.name!r}: the first certifier is the one its results are reported with and must be "
+                f"{method.certifier!r} for method {self.method!r}, got {list(certifiers)}"
+            )
+        object.__setattr__(self, "certifiers", certifiers)
+        self.recipe()  # every schedule is checked when the config is read, not when a job starts
+
+    @property
+    def label(self) -> str:
+        """The method as tables print it (GloRo, GloRo-T, KW, BCP)."""
+        return get_method(self.method).label(self.loss)
 
     @classmethod
     def from_config(cls, name: str, settings: Mapping) -> Experiment:
@@ -77,6 +118,10 @@ class Experiment:
             trades_robust_term=self.trades_robust_term,
             augmentation=self.augmentation,
             seed=self.seed,
+            kappa=schedule_from_config(0.0 if self.kappa is None else self.kappa),
+            kw_projections=self.kw_projections,
+            bcp_solver_iterations=10 if self.bcp_solver_iterations is None else self.bcp_solver_iterations,
+            adam_epsilon=get_method(self.method).adam_epsilon,
         )
 
     def subset_for(self, split: str) -> Subset | None:
@@ -122,8 +167,28 @@ def provenance(device: torch.device) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"git_commit": commit, "torch_version": str(torch.__version__), "device": str(device), "device_name": name}
+
+
+def cpu_name() -> str:
+    """The processor's model name and the threads torch uses, e.g. 'AMD EPYC 7B13, 2 threads'."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as stream:
+            model = next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model or 'unknown CPU'}, {torch.get_num_threads()} threads"
+
+
+def recipe_settings(recipe: TrainingRecipe) -> dict:
+    """The training recipe as JSON, schedules in their config form: recorded with every run's results."""
+    settings = {}
+    for item in fields(recipe):
+        value = getattr(recipe, item.name)
+        settings[item.name] = schedule_to_config(value) if isinstance(value, tuple(SCHEDULES.values())) else value
+    return settings
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -176,18 +241,21 @@ def train_experiment(
         progress=progress,
         eval_images=test_split.float_images(),
         eval_labels=test_split.labels,
+        eval_certifier=experiment.certifiers[0],
         scratch=scratch,  # a killed job resumes after its last finished epoch
     )
     seconds = time.perf_counter() - start
-    metadata = {"experiment": experiment.name, "selection": "final"}
+    metadata = {"experiment": experiment.name, "method": experiment.method, "selection": "final"}
     save(net.cpu(), run_dir / "model.pt", input_divisor=train_split.divisor, metadata=metadata)
     best = history.best
     if best is not None:  # kept for inspection, never mixed with the final model's numbers
         net.load_state_dict(best.state_dict)
-        selected = {"experiment": experiment.name, "selection": best.selection, "epoch": best.epoch}
+        selected = {"experiment": experiment.name, "method": experiment.method, "selection": best.selection}
+        selected["epoch"] = best.epoch
         save(net, run_dir / "model_best_on_test.pt", input_divisor=train_split.divisor, metadata=selected)
     summary = {
         "experiment": asdict(experiment),
+        "method": {"name": experiment.method, "label": experiment.label, "recipe": recipe_settings(recipe)},
         "data": train_split.metadata(),
         "provenance": provenance(device),
         "train_seconds": seconds,
@@ -229,25 +297,75 @@ def warm_up(net: GloroNet, train_split: Split, experiment: Experiment, device: t
 def certify_experiment(
     experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, radii: list[float], batch_size: int
 ) -> dict:
-    """Freeze the trained net, certify the test split at the eval ε; write `certify.json` and `radii.csv`."""
+    """Freeze the trained net and certify the test split at the eval ε with each of the experiment's certifiers.
+
+    Writes `certify.json` (the first certifier's clean accuracy, VRA and time per point, every certifier's
+    row under `certificates`, and the global certificate's full report under `global`), `radii.csv` (the
+    global certified radius of each correctly classified point, else 0) and `certificates.csv` (every
+    certifier's per-point decision, which the attack stage audits).
+    """
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
+    images, labels = test_split.float_images(), test_split.labels
     net = load(run_dir / "model.pt", map_location=device)
     start = time.perf_counter()
     net.freeze()
     freeze_seconds = time.perf_counter() - start
-    report = certification_report(net, test_split.float_images(), test_split.labels, radii=radii, batch_size=batch_size)
+    report = certification_report(net, images, labels, radii=radii, batch_size=batch_size)
+    certificates = []
+    for name in experiment.certifiers:
+        options = {"batch_size": batch_size} if name == "global" else {}
+        certificate = create_certifier(name, **options)(net, images, experiment.eval_epsilon)
+        print(f"{name}: VRA {certificate.vra(labels):.4f} in {certificate.seconds:.2f} s", file=sys.stderr)
+        certificates.append(certificate)
+    rows = [certificate.to_row(labels) for certificate in certificates]
+    primary = rows[0]
+    result = {
+        "certifier": primary["certifier"],
+        "epsilon": experiment.eval_epsilon,
+        "num_examples": len(labels),
+        "clean_accuracy": primary["clean_accuracy"],
+        "vra": primary["vra"],
+        "rejection_rate": 1 - primary["certified_rate"],
+        "sec_per_point": primary["sec_per_point"],
+        "certificates": rows,
+        "global": report.metrics,
+        "freeze_seconds": freeze_seconds,
+        "test_data": test_split.metadata(),
+    }
     radius = torch.where(report.correct, report.radius, torch.zeros_like(report.radius))
-    result = {**report.metrics, "freeze_seconds": freeze_seconds, "test_data": test_split.metadata()}
     write_csv(run_dir / "radii.csv", [{"radius": float(r)} for r in radius.tolist()])
+    write_csv(run_dir / "certificates.csv", [row for c in certificates for row in c.point_rows()])
     write_json(run_dir / "certify.json", result)
     return result
+
+
+def read_certificates(path: Path, epsilon: float) -> list[Certificate]:
+    """The per-certifier decisions `certify_experiment` wrote to `certificates.csv`, in file order."""
+    with Path(path).open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    names = list(dict.fromkeys(row["certifier"] for row in rows))
+    certificates = []
+    for name in names:
+        mine = [row for row in rows if row["certifier"] == name]
+        radius = None if mine[0]["radius"] == "" else torch.tensor([float(row["radius"]) for row in mine])
+        certificates.append(
+            Certificate(
+                predictions=torch.tensor([int(row["prediction"]) for row in mine]),
+                certified=torch.tensor([row["certified"] == "True" for row in mine]),
+                radius=radius,
+                epsilon=epsilon,
+                method=name,
+            )
+        )
+    return certificates
 
 
 def attack_experiment(
     experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, pgd: Mapping
 ) -> dict:
-    """PGD accuracy at the eval ε on the test split, and a soundness audit of every certified point."""
+    """PGD accuracy at the eval ε on the test split, and a soundness audit of every point that any of the
+    experiment's certifiers certified (read from `certificates.csv`)."""
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
     net = load(run_dir / "model.pt", map_location=device).freeze()
@@ -255,17 +373,22 @@ def attack_experiment(
     options = {"steps": pgd["steps"], "step_size": pgd["step_size"], "restarts": pgd["restarts"]}
     attack = pgd_accuracy(net.model, images, labels, net.eval_epsilon, seed=experiment.seed, progress=False, **options)
     result = {"pgd_accuracy": attack.metrics["robust_accuracy"], "attack_settings": attack.metrics["settings"]}
-    write_json(run_dir / "attack.json", {**result, "audit": None})
-    audit = audit_soundness(
-        net,
-        images,
-        attack="pgd",
-        violations_path=run_dir / "violations.json",
-        seed=experiment.seed + 1,
-        progress=False,
-        **options,
-    )  # raises SoundnessError, naming the file of offending indices, if any certified point breaks
-    result["audit"] = audit
+    write_json(run_dir / "attack.json", {**result, "audit": None, "audits": {}})
+    audits = {}
+    for certificate in read_certificates(run_dir / "certificates.csv", net.eval_epsilon):
+        print(f"auditing the {int(certificate.certified.sum())} points {certificate.method} certified", file=sys.stderr)
+        audits[certificate.method] = audit_soundness(
+            net,
+            images,
+            attack="pgd",
+            certificate=certificate,
+            violations_path=run_dir / f"violations_{certificate.method}.json",
+            seed=experiment.seed + 1,
+            progress=False,
+            **options,
+        )  # raises SoundnessError, naming the file of offending indices, if any certified point breaks
+    result["audit"] = audits[experiment.certifiers[0]]
+    result["audits"] = audits
     write_json(run_dir / "attack.json", result)
     return result
 
@@ -278,11 +401,13 @@ def bounds_experiment(
     points: int,
     tightness_steps: int,
     tightness_pairs: int | None = None,
+    certifiers: Sequence[str] = ("global", "local"),
 ) -> dict:
     """Local vs global certification on the first `points` test points, and the global bound's tightness.
 
     Writes `bounds.json`: VRA and seconds per point of the global certificate and of the sound local
-    Lipschitz bound on the same points, and sound K_ij over an empirical lower bound (optimised input pairs
+    Lipschitz bound on the same points, every one of `certifiers` on those points (`certifiers`: one row
+    each, the first as the reference), and sound K_ij over an empirical lower bound (optimised input pairs
     started from those points).
     """
     run_dir = Path(run_dir)
@@ -295,6 +420,7 @@ def bounds_experiment(
         net, inputs=images, steps=tightness_steps, seed=experiment.seed, max_pairs=tightness_pairs
     )
     tightness.pop("pairs", None)
-    result = {"local_vs_global": comparison, "tightness": tightness}
+    rows = compare_certifiers(net, images, labels, net.eval_epsilon, certifiers)
+    result = {"local_vs_global": comparison, "certifiers": rows, "tightness": tightness}
     write_json(run_dir / "bounds.json", result)
     return result

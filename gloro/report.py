@@ -7,17 +7,20 @@ the project cannot source stays empty.
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from gloro.atomic import atomic_path, write_text
+from gloro.methods import get_method
 
-METHODS = {"gloro": "GloRo", "trades": "GloRo-T"}
 PUBLISHED_METHODS = {"gloro": "GloRo", "gloro_trades": "GloRo-T", "kw": "KW", "bcp": "BCP"}
 TABLE1_METRICS = ("clean", "pgd", "vra")
+BASELINES = ("KW", "BCP")
 
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
@@ -27,13 +30,15 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     attack = json.loads((run_dir / "attack.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
     experiment, cost, best = train["experiment"], train["cost"], train["best_on_test"] or {}
-    audit = attack["audit"]
+    audit, audits, certified = attack["audit"], attack.get("audits") or {}, certify["global"]
+    method = get_method(experiment["method"])
     row = {
         "experiment": experiment["name"],
         "dataset": experiment["dataset"],
         "architecture": experiment["architecture"],
         "activation": experiment["activation"],
-        "method": METHODS[experiment["loss"]],
+        "method": method.label(experiment["loss"]),
+        "certifier": certify["certifier"],
         "train_epsilon": json.dumps(experiment["train_epsilon"]),
         "eval_epsilon": experiment["eval_epsilon"],
         "epochs": experiment["epochs"],
@@ -46,8 +51,10 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "vra": certify["vra"],
         "rejection_rate": certify["rejection_rate"],
         "pgd_accuracy": attack["pgd_accuracy"],
+        "cert_sec_per_point": certify["sec_per_point"],
         "audited_points": audit["certified"],
-        "soundness_violations": audit["violations"],
+        "soundness_violations": sum(a["violations"] for a in audits.values()) if audits else audit["violations"],
+        "audited_certifiers": ",".join(audits) or certify["certifier"],
         "best_on_test_epoch": best.get("epoch"),
         "best_on_test_vra": best.get("vra"),
         "best_on_test_clean_accuracy": best.get("clean_accuracy"),
@@ -56,11 +63,15 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "train_images_per_second": cost["later_epochs_images_per_second"],
         "peak_mem_mb": cost["peak_mem_mb"],
         "peak_mem_source": cost["peak_mem_source"],
-        "lipschitz_power_iteration": certify["lipschitz_power_iteration"],
-        "lipschitz_sound": certify["lipschitz_sound"],
-        "lipschitz_sound_over_power": certify["lipschitz_ratio"],
-        "forward_points_per_second": certify["forward_points_per_second"],
-        "certify_points_per_second": certify["certify_points_per_second"],
+        "global_vra": certified["vra"],
+        "lipschitz_power_iteration": certified["lipschitz_power_iteration"],
+        "lipschitz_sound": certified["lipschitz_sound"],
+        "lipschitz_sound_over_power": certified["lipschitz_ratio"],
+        "forward_points_per_second": certified["forward_points_per_second"],
+        "certify_points_per_second": certified["certify_points_per_second"],
+        **{f"vra_{c['certifier']}": c["vra"] for c in certify["certificates"]},
+        **{f"sec_per_point_{c['certifier']}": c["sec_per_point"] for c in certify["certificates"]},
+        "method_settings": json.dumps(train.get("method", {}).get("recipe"), sort_keys=True),
         **train["provenance"],
         "train_data_checksums": json.dumps(train["data"].get("sources", [])),
         "attack_settings": json.dumps(attack["attack_settings"], sort_keys=True),
@@ -69,13 +80,17 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
 
 
 def vra_by_radius(run_dirs: Sequence[Path]) -> pd.DataFrame:
-    """Long table (experiment, radius, vra) from each run's certify.json."""
+    """Long table (experiment, certifier, radius, vra): the global certificate's VRA at each radius, from one
+    pass (KW and BCP decide one ε at a time, so their nets appear here by the global bound)."""
     rows = []
     for run_dir in run_dirs:
         certify = json.loads((run_dir / "certify.json").read_text())
         name = run_dir.name
-        rows += [{"experiment": name, "radius": r["radius"], "vra": r["vra"]} for r in certify["vra_at_radii"]]
-    return pd.DataFrame(rows, columns=["experiment", "radius", "vra"])
+        rows += [
+            {"experiment": name, "certifier": "global", "radius": r["radius"], "vra": r["vra"]}
+            for r in certify["global"]["vra_at_radii"]
+        ]
+    return pd.DataFrame(rows, columns=["experiment", "certifier", "radius", "vra"])
 
 
 def certification_cost(runs: pd.DataFrame, run_dirs: Sequence[Path]) -> pd.DataFrame:
@@ -103,48 +118,171 @@ def certification_cost(runs: pd.DataFrame, run_dirs: Sequence[Path]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def certifier_comparison(run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """Long table: every compared certifier of every run on the same test points (bounds.json `certifiers`)."""
+    rows = []
+    for run_dir in run_dirs:
+        for row in json.loads((run_dir / "bounds.json").read_text())["certifiers"]:
+            rows.append({"experiment": run_dir.name, **row})
+    return pd.DataFrame(rows)
+
+
+def comparison_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as a reader wants it: VRA in percent to one decimal, milliseconds to two digits."""
+    return pd.DataFrame(
+        {
+            "Experiment": table["experiment"],
+            "Certifier": table["certifier"],
+            "ε": [radius_text(e) for e in table["epsilon"]],
+            "Points": table["num_points"],
+            "VRA %": [f"{100 * v:.1f}" for v in table["vra"]],
+            "Certified beyond the first": table["certified_not_by_first"],
+            "ms/point": [significant(1000 * v) for v in table["sec_per_point"]],
+            "Time ÷ first": [f"{significant(v)}×" for v in table["time_over_first"]],
+        }
+    )
+
+
 def table1(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """The paper's Table 1 layout: reproduced clean / PGD / VRA (percent), sec/epoch and memory per setting and
-    method, each beside the published number, its source and the difference; sourced baselines as extra rows."""
+    """The paper's Table 1, every row measured in this run: one row per setting (data set, ε, architecture)
+    and method, with clean / PGD / VRA in percent (VRA by the method's own certifier), seconds per epoch,
+    peak memory and certification time per point; beside each accuracy the published number, its source
+    and the difference. On KW and BCP rows, GloRo's seconds per epoch and peak memory as a ratio to that
+    row's (the paper's cost claim, measured on one machine). A published baseline with no run in the config
+    gets a row that says so."""
     published = published.assign(
         method=published["method"].map(PUBLISHED_METHODS), eps_key=published["epsilon"].round(3)
     )
     rows = []
-    settings = set()
+    settings: dict[tuple, dict] = {}
     for _, run in runs.iterrows():
         key = (run["dataset"], round(float(run["eval_epsilon"]), 3), run["architecture"])
-        settings.add(key)
+        settings.setdefault(key, {}).setdefault(run["method"], run)
         row = {
             "dataset": run["dataset"],
             "epsilon": run["eval_epsilon"],
             "architecture": run["architecture"],
             "method": run["method"],
             "experiment": run["experiment"],
+            "certifier": run["certifier"],
         }
         values = {"clean": run["clean_accuracy"], "pgd": run["pgd_accuracy"], "vra": run["vra"]}
         for metric in TABLE1_METRICS:
             match = published_cell(published, key, run["method"], metric)
             ours = 100 * float(values[metric])
-            row[metric] = round(ours, 2)
+            row[metric] = ours
             row[f"{metric}_reported"] = match["value_percent"] if match is not None else None
             row[f"{metric}_source"] = match["source"] if match is not None else None
-            row[f"{metric}_diff"] = round(ours - match["value_percent"], 2) if match is not None else None
-        row["sec_per_epoch"] = round(float(run["sec_per_epoch"]), 3)
+            row[f"{metric}_diff"] = ours - match["value_percent"] if match is not None else None
+        row["sec_per_epoch"] = float(run["sec_per_epoch"])
         row["peak_mem_mb"] = run["peak_mem_mb"]
+        row["peak_mem_source"] = run["peak_mem_source"]
+        row["cert_ms_per_point"] = 1000 * float(run["cert_sec_per_point"])
         rows.append(row)
+    for row in rows:
+        gloro = settings[(row["dataset"], round(float(row["epsilon"]), 3), row["architecture"])].get("GloRo")
+        measured = row["method"] in BASELINES and gloro is not None
+        row["gloro_time_ratio"] = float(gloro["sec_per_epoch"]) / row["sec_per_epoch"] if measured else None
+        row["gloro_mem_ratio"] = float(gloro["peak_mem_mb"]) / float(row["peak_mem_mb"]) if measured else None
+        row["note"] = None
     for key in sorted(settings):
-        for method in ("KW", "BCP"):
+        for method in BASELINES:
+            if method in settings[key]:
+                continue
             cells = {m: published_cell(published, key, method, m) for m in TABLE1_METRICS}
             if all(cell is None for cell in cells.values()):
                 continue
-            row = {"dataset": key[0], "epsilon": key[1], "architecture": key[2], "method": method, "experiment": None}
+            row = {"dataset": key[0], "epsilon": key[1], "architecture": key[2], "method": method}
             for metric, cell in cells.items():
-                row[metric] = None
+                row[metric] = row[f"{metric}_diff"] = None
                 row[f"{metric}_reported"] = cell["value_percent"] if cell is not None else None
                 row[f"{metric}_source"] = cell["source"] if cell is not None else None
-                row[f"{metric}_diff"] = None
-            rows.append(row | {"sec_per_epoch": None, "peak_mem_mb": None})
-    return pd.DataFrame(rows)
+            rows.append(row | {"note": f"no {method} experiment at this setting in the config: published numbers only"})
+    order = {"GloRo": 0, "GloRo-T": 1, "KW": 2, "BCP": 3}
+    rows.sort(
+        key=lambda row: (row["dataset"], round(float(row["epsilon"]), 3), row["architecture"], order[row["method"]])
+    )
+    return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+
+
+TABLE1_COLUMNS = [
+    "dataset",
+    "epsilon",
+    "architecture",
+    "method",
+    "experiment",
+    "certifier",
+    *(f"{metric}{suffix}" for metric in TABLE1_METRICS for suffix in ("", "_reported", "_source", "_diff")),
+    "sec_per_epoch",
+    "peak_mem_mb",
+    "peak_mem_source",
+    "cert_ms_per_point",
+    "gloro_time_ratio",
+    "gloro_mem_ratio",
+    "note",
+]
+
+
+def significant(value: float, digits: int = 2) -> str:
+    """`value` to `digits` significant digits, without exponents (0.0042, 1.3, 57, 690)."""
+    if value is None or pd.isna(value):
+        return ""
+    if value == 0:
+        return "0"
+    rounded = round(value, digits - 1 - math.floor(math.log10(abs(value))))
+    exponent = math.floor(math.log10(abs(rounded)))  # 0.999 rounds to 1.0: one digit fewer after the point
+    return f"{rounded:.{max(digits - 1 - exponent, 0)}f}"
+
+
+def table1_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 as a paper prints it: accuracies in percent to one decimal with the published number in
+    parentheses, seconds to two significant digits, MB as integers, ratios as 0.12×."""
+
+    def percent(row, metric):
+        ours, reported = row[metric], row[f"{metric}_reported"]
+        text = "–" if pd.isna(ours) else f"{ours:.1f}"
+        return text if pd.isna(reported) else f"{text} ({reported:.1f})"
+
+    def ratio(value):
+        return "" if value is None or pd.isna(value) else f"{significant(value)}×"
+
+    view = pd.DataFrame(
+        {
+            "Data set": table["dataset"],
+            "ε": [radius_text(e) for e in table["epsilon"]],
+            "Arch.": table["architecture"],
+            "Method": table["method"],
+            "Clean %": [percent(row, "clean") for _, row in table.iterrows()],
+            "PGD %": [percent(row, "pgd") for _, row in table.iterrows()],
+            "VRA %": [percent(row, "vra") for _, row in table.iterrows()],
+            "s/epoch": [significant(v) for v in table["sec_per_epoch"]],
+            "Peak MB": ["" if pd.isna(v) else f"{v:.0f}" for v in table["peak_mem_mb"]],
+            "Cert. ms/point": [significant(v) for v in table["cert_ms_per_point"]],
+            "GloRo time ÷ this": [ratio(v) for v in table["gloro_time_ratio"]],
+            "GloRo memory ÷ this": [ratio(v) for v in table["gloro_mem_ratio"]],
+            "Note": ["" if pd.isna(v) else v for v in table["note"]],
+        }
+    )
+    return view
+
+
+def radius_text(epsilon: float) -> str:
+    """36/255 for multiples of 1/255, else the number as written (0.3, 1.58)."""
+    steps = float(epsilon) * 255
+    if steps > 0 and abs(steps - round(steps)) < 1e-6 and round(steps) not in (255, 0) and float(epsilon) < 1:
+        return f"{round(steps)}/255"
+    return f"{float(epsilon):g}"
+
+
+def table1_caption(runs: pd.DataFrame, date: str) -> str:
+    """One line under the table: where and when it was measured, and what the parentheses and ratios mean."""
+    devices = "; ".join(sorted(set(runs["device_name"])))
+    sources = "published numbers in parentheses (sources in table1.csv)"
+    memory = "peak memory: CUDA max allocated on a GPU, the job's peak RSS on the CPU"
+    ratios = "ratios: GloRo's seconds per epoch and memory over the baseline's, same run and machine"
+    return (
+        f"Table 1, measured {date} on {devices}, torch {runs['torch_version'].iloc[0]}; {sources}; {memory}; {ratios}."
+    )
 
 
 def published_cell(published: pd.DataFrame, key: tuple, method: str, metric: str):
@@ -290,13 +428,18 @@ def write_report(
     write_csv(radius_table, tables_dir / "vra_by_radius.csv")
     table = table1(runs, pd.read_csv(published))
     write_csv(table, tables_dir / "table1.csv")
-    write_text(tables_dir / "table1.md", markdown_table(table))
-    shown = table.drop(columns=[c for c in table.columns if c.endswith("_source")])
-    write_text(tables_dir / "table1.tex", shown.to_latex(index=False, na_rep="", float_format="%.2f"))
+    view, caption = table1_view(table), table1_caption(runs, datetime.date.today().isoformat())
+    write_text(tables_dir / "table1.md", markdown_table(view) + "\n" + caption + "\n")
+    latex = view.to_latex(index=False, na_rep="", caption=caption, label="tab:table1")
+    write_text(tables_dir / "table1.tex", latex)
+    comparison = certifier_comparison(run_dirs)
+    write_csv(comparison, tables_dir / "certifier_comparison.csv")
+    write_text(tables_dir / "certifier_comparison.md", markdown_table(comparison_view(comparison)))
     cost = certification_cost(runs, run_dirs)
     write_csv(cost, tables_dir / "certification_cost.csv")
     write_text(tables_dir / "certification_cost.md", markdown_table(cost))
-    plot_vra_by_radius(radius_table, figures_dir / "vra_by_radius")
+    globally_certified = set(runs.loc[runs["certifier"] == "global", "experiment"])
+    plot_vra_by_radius(radius_table[radius_table["experiment"].isin(globally_certified)], figures_dir / "vra_by_radius")
     history = pd.concat(histories, ignore_index=True)
     plot_training_curves(history, figures_dir / "training_curves")
     plot_epoch_cost(history, figures_dir / "epoch_cost")

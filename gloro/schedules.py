@@ -70,13 +70,51 @@ class DecayAfterHalf:
         return self.initial * (self.initial / self.final) ** (-(epoch - half) / half)
 
 
+@dataclass(frozen=True)
+class Step:
+    """`initial`·factor^⌊max(e − start, 0)/every⌋: PyTorch's StepLR held until epoch `start` (KW's and BCP's
+    CIFAR learning rates: halved every 10 epochs once the ε ramp is over)."""
+
+    initial: float
+    factor: float
+    every: int
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.start < 0:
+            raise ValueError(f"step schedule needs every >= 1 and start >= 0, got {self.every} and {self.start}")
+
+    def __call__(self, epoch: int) -> float:
+        return self.initial * self.factor ** (max(epoch - self.start, 0) // self.every)
+
+
+@dataclass(frozen=True)
+class MultiStep:
+    """`initial`·factor^(number of milestones m < e): BCP's MNIST rate (milestones 21, 30, 40; factor 0.1),
+    which its code holds through each milestone epoch and drops on the next."""
+
+    initial: float
+    factor: float
+    milestones: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {list(self.milestones)}")
+
+    def __call__(self, epoch: int) -> float:
+        return self.initial * self.factor ** sum(1 for m in self.milestones if m < epoch)
+
+
 SCHEDULES = {
     "constant": Constant,
     "linear": Linear,
     "logarithmic_half": LogarithmicHalf,
     "decay_after_half": DecayAfterHalf,
+    "step": Step,
+    "multistep": MultiStep,
 }
-Schedule = Constant | Linear | LogarithmicHalf | DecayAfterHalf
+Schedule = Constant | Linear | LogarithmicHalf | DecayAfterHalf | Step | MultiStep
 
 
 def schedule_from_config(spec: float | Mapping) -> Schedule:
@@ -100,4 +138,5 @@ def schedule_from_config(spec: float | Mapping) -> Schedule:
 def schedule_to_config(schedule: Schedule) -> dict:
     """The inverse of `schedule_from_config`, for recording a run's settings."""
     kind = next(name for name, cls in SCHEDULES.items() if isinstance(schedule, cls))
-    return {"kind": kind, **asdict(schedule)}
+    values = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(schedule).items()}
+    return {"kind": kind, **values}

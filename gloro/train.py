@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from gloro.atomic import torch_save
+from gloro.certify import create_certifier
+from gloro.certify.bcp import bcp_loss
+from gloro.certify.kw import kw_loss
 from gloro.data.augment import Augmentation, augmentation, augmentations, no_augmentation
 from gloro.evaluate import evaluate
 from gloro.gloro_net import GloroNet
@@ -28,14 +31,19 @@ try:
 except ImportError:  # not on Windows: peak memory on the CPU is then not recorded
     resource = None
 
-LOSSES = ("gloro", "trades", "clean")  # clean: plain CE on the wrapped model's logits (warm-up)
+# gloro, trades: the GloRo and GloRo-T losses; clean: plain CE on the wrapped model's logits (warm-up);
+# kw, bcp: the baselines' robust objectives (gloro.certify.kw and gloro.certify.bcp)
+LOSSES = ("gloro", "trades", "clean", "kw", "bcp")
 BEST_SELECTION = "the epoch with the highest eval_vra (the first on ties); the paper's code selected on the test set"
 
 
 @dataclass(frozen=True)
 class TrainingRecipe:
     """What the paper's scripts vary between runs. `epsilon=None` keeps the net's current ε throughout;
-    `augmentation` names a `gloro.data.augmentation`, applied to training batches only.
+    `augmentation` names a `gloro.data.augmentation`, applied to training batches only. `kappa` weighs BCP's
+    clean cross-entropy against its robust one; `kw_projections` is KW's number of random projections in
+    training (None: the exact dual); `bcp_solver_iterations` bounds BCP's last-layer solve; `adam_epsilon`
+    is Adam's ε (Keras' 1e-7 for GloRo, PyTorch's 1e-8 for the baselines' PyTorch code).
     """
 
     epochs: int
@@ -47,6 +55,10 @@ class TrainingRecipe:
     trades_robust_term: str = "ce"
     seed: int = 0
     augmentation: str = "none"
+    kappa: Schedule = field(default_factory=lambda: Constant(0.0))
+    kw_projections: int | None = None
+    bcp_solver_iterations: int = 10
+    adam_epsilon: float = 1e-7
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -99,6 +111,7 @@ def train(
     eval_labels: torch.Tensor | None = None,
     eval_epsilon: float | None = None,
     eval_batch_size: int = 1024,
+    eval_certifier: str = "global",
     scratch: str | os.PathLike | None = None,
 ) -> TrainingHistory:
     """Train `net` in place with Adam (Keras' defaults, as the paper); returns one history row per epoch.
@@ -110,7 +123,8 @@ def train(
     since it started, which never goes down). With an eval set, the net is certified on it after every
     epoch (sound K, at `eval_epsilon`, default the net's eval ε): rows gain eval_epsilon, eval_vra,
     eval_clean_accuracy, eval_rejection_rate and eval_seconds, and the returned history's `best` holds the
-    weights of the best-eval-VRA epoch. `on_epoch` sees each row.
+    weights of the best-eval-VRA epoch. `eval_certifier` names the certifier of that evaluation
+    (`gloro.certify.list_certifiers()`: a KW or BCP run is evaluated with its own). `on_epoch` sees each row.
 
     `scratch`: a file rewritten atomically after every epoch with everything needed to continue (weights,
     iterates, optimizer and RNG state, history); when it exists at the start and was written for the same
@@ -124,16 +138,17 @@ def train(
         )
     device = torch.device(device)
     net.to(device).train()
-    memory_format = preferred_memory_format(net)
+    # convex-adversarial views activations flat, so KW trains in the contiguous layout
+    memory_format = torch.contiguous_format if recipe.loss == "kw" else preferred_memory_format(net)
     net.model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(net.parameters(), lr=recipe.learning_rate(0), eps=1e-7)
+    optimizer = torch.optim.Adam(net.parameters(), lr=recipe.learning_rate(0), eps=recipe.adam_epsilon)
     generator = torch.Generator().manual_seed(recipe.seed)
     augment = augmentation(recipe.augmentation)
     history = TrainingHistory()
     first = resume(scratch, recipe, net, optimizer, generator, history) if scratch is not None else 0
     epochs = tqdm(range(first, recipe.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
-        lr, lam = recipe.learning_rate(epoch), recipe.trades_lambda(epoch)
+        lr, lam, kappa = recipe.learning_rate(epoch), recipe.trades_lambda(epoch), recipe.kappa(epoch)
         if recipe.epsilon is not None:
             net.epsilon = recipe.epsilon(epoch)
         for group in optimizer.param_groups:
@@ -142,7 +157,7 @@ def train(
         synchronize(device)
         start = time.perf_counter()
         totals = train_epoch(
-            net, images, labels, optimizer, recipe, lam, generator, device, memory_format, augment=augment
+            net, images, labels, optimizer, recipe, lam, generator, device, memory_format, augment=augment, kappa=kappa
         )
         synchronize(device)
         seconds = time.perf_counter() - start
@@ -152,6 +167,7 @@ def train(
             **totals,
             "epsilon": net.epsilon,
             "lambda": lam if recipe.loss == "trades" else None,
+            "kappa": kappa if recipe.loss == "bcp" else None,
             "lr": lr,
             "seconds": seconds,
             "images_per_second": len(labels) / seconds,
@@ -160,7 +176,12 @@ def train(
         }
         if eval_images is not None:
             start = time.perf_counter()
-            result = evaluate(net, eval_images, eval_labels, epsilon=eval_epsilon, batch_size=eval_batch_size)
+            if eval_certifier == "global":
+                result = evaluate(net, eval_images, eval_labels, epsilon=eval_epsilon, batch_size=eval_batch_size)
+            else:
+                result = certified_metrics(
+                    create_certifier(eval_certifier), net, eval_images, eval_labels, eval_epsilon
+                )
             row.update(
                 eval_epsilon=result["epsilon"],
                 eval_vra=result["vra"],
@@ -183,6 +204,36 @@ def train(
         if on_epoch is not None:
             on_epoch(row)
     return history
+
+
+def certified_metrics(certifier, net: GloroNet, images, labels, epsilon: float | None) -> dict:
+    """`evaluate`'s numbers (clean accuracy, VRA, rejection rate, ε) from any registered certifier."""
+    certificate = certifier(net, images, epsilon)
+    correct = certificate.predictions == labels.cpu()
+    return {
+        "clean_accuracy": correct.double().mean().item(),
+        "vra": certificate.vra(labels),
+        "rejection_rate": (~certificate.certified).double().mean().item(),
+        "epsilon": certificate.epsilon,
+    }
+
+
+def batch_objective(
+    net: GloroNet, x: torch.Tensor, y: torch.Tensor, recipe: TrainingRecipe, lam: float, kappa: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The recipe's loss on one batch, the clean logits, and which points are robust by the training bound."""
+    if recipe.loss == "kw":
+        return kw_loss(net, x, y, net.epsilon, recipe.kw_projections)
+    if recipe.loss == "bcp":
+        return bcp_loss(net, x, y, net.epsilon, kappa, recipe.bcp_solver_iterations)
+    logits = net(x)
+    if recipe.loss == "gloro":
+        loss = gloro_cross_entropy(logits, y)
+    elif recipe.loss == "clean":
+        loss = F.cross_entropy(logits[:, :-1], y)
+    else:
+        loss = gloro_trades(logits, y, lam, recipe.trades_robust_term)
+    return loss, logits[:, :-1], logits.argmax(1) == y
 
 
 def save_scratch(path, recipe, net, optimizer, generator, history: TrainingHistory) -> None:
@@ -247,6 +298,7 @@ def train_epoch(
     memory_format: torch.memory_format = torch.contiguous_format,
     *,
     augment: Augmentation = no_augmentation,
+    kappa: float = 0.0,
 ) -> dict:
     """One pass over a seeded shuffle, each batch augmented on `device` with the same generator; returns
     the mean loss, clean accuracy and VRA over the (augmented) batches.
@@ -257,20 +309,14 @@ def train_epoch(
         x = images[batch].to(device, non_blocking=True)
         x = augment(x, generator).contiguous(memory_format=memory_format)
         y = labels[batch].to(device, non_blocking=True)
-        logits = net(x)
-        if recipe.loss == "gloro":
-            loss = gloro_cross_entropy(logits, y)
-        elif recipe.loss == "clean":
-            loss = F.cross_entropy(logits[:, :-1], y)
-        else:
-            loss = gloro_trades(logits, y, lam, recipe.trades_robust_term)
+        loss, clean, robust_points = batch_objective(net, x, y, recipe, lam, kappa)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         with torch.no_grad():
             loss_sum += float(loss) * len(y)
-            correct += float((logits[:, :-1].argmax(1) == y).sum())
-            robust += float((logits.argmax(1) == y).sum())
+            correct += float((clean.argmax(1) == y).sum())
+            robust += float(robust_points.sum())
     n = len(labels)
     return {"loss": loss_sum / n, "clean_accuracy": correct / n, "vra": robust / n}
 

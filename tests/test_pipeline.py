@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def snakemake(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def write_config(path: Path, results: Path, **experiment) -> Path:
+def write_config(path: Path, results: Path, baselines: bool = False, **experiment) -> Path:
     settings = {
         "dataset": "digits",
         "architecture": "2C2F",
@@ -45,6 +46,9 @@ def write_config(path: Path, results: Path, **experiment) -> Path:
         "evaluation": {"pgd": {"steps": 10, "restarts": 1}, "radii": [0, 0.1, 0.3]},
         "experiments": {"tiny_gloro": settings, "tiny_trades": {**settings, "loss": "trades"}},
     }
+    if baselines:  # KW and BCP on the same net and data, so that Table 1 has measured cost ratios
+        config["experiments"]["tiny_kw"] = {**settings, "method": "kw", "epochs": 2, "certifiers": ["kw", "global"]}
+        config["experiments"]["tiny_bcp"] = {**settings, "method": "bcp", "epochs": 2, "kappa": 0.5}
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -75,8 +79,13 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    expected = {"all": 1, "attack": 8, "bounds": 8, "certify": 8, "report": 1, "train": 8, "prepare_data": 3}
-    assert counts == {**expected, "total": 37}  # mnist, cifar10 and tiny-imagenet are each prepared once
+    # GloRo and GloRo-T at four settings, KW at two, BCP at three
+    expected = {"all": 1, "attack": 13, "bounds": 13, "certify": 13, "report": 1, "train": 13, "prepare_data": 3}
+    assert counts == {**expected, "total": 57}  # mnist, cifar10 and tiny-imagenet are each prepared once
+    jobs = snakemake("-n", "--configfile", "config/paper.yaml", "--config", cache)
+    assert jobs.returncode == 0, jobs.stderr
+    for baseline in ("mnist_1_58_kw", "mnist_1_58_bcp", "cifar10_36_kw", "cifar10_36_bcp", "tiny_imagenet_36_bcp"):
+        assert f"experiment={baseline}" in jobs.stdout
 
 
 def test_the_slurm_profile_gives_a_gpu_to_every_rule_that_declares_one():
@@ -90,27 +99,42 @@ def test_the_slurm_profile_gives_a_gpu_to_every_rule_that_declares_one():
 @pytest.mark.slow
 def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     results = tmp_path / "results"
-    config = write_config(tmp_path / "tiny.yaml", results)
+    config = write_config(tmp_path / "tiny.yaml", results, baselines=True)
     first = snakemake("--configfile", str(config))
     assert first.returncode == 0, first.stderr[-3000:]
     for split in ("train", "test"):  # prepared once, by rule prepare_data, for both experiments
         assert (tmp_path / "cache" / f"digits-{split}.pt").is_file()
     assert (results / "logs" / "prepare_data" / "digits.log").is_file()
     runs = pd.read_csv(results / "tables" / "runs.csv")
-    assert sorted(runs["experiment"]) == ["tiny_gloro", "tiny_trades"]
+    assert sorted(runs["experiment"]) == ["tiny_bcp", "tiny_gloro", "tiny_kw", "tiny_trades"]
+    assert dict(zip(runs["experiment"], runs["certifier"])) == {
+        "tiny_bcp": "bcp",
+        "tiny_gloro": "global",
+        "tiny_kw": "kw",
+        "tiny_trades": "global",
+    }
+    assert set(runs.set_index("experiment").loc["tiny_kw", "audited_certifiers"].split(",")) == {"kw", "global"}
     for column in ("clean_accuracy", "vra", "pgd_accuracy", "rejection_rate"):
         assert runs[column].between(0, 1).all()
     assert (runs["vra"] <= runs["clean_accuracy"]).all()
     assert (runs["soundness_violations"] == 0).all()
     assert (runs["sec_per_epoch"] > 0).all() and runs["git_commit"].notna().all()
     radius = pd.read_csv(results / "tables" / "vra_by_radius.csv")
-    assert list(radius.columns) == ["experiment", "radius", "vra"]
+    assert list(radius.columns) == ["experiment", "certifier", "radius", "vra"]
     for _, group in radius.groupby("experiment"):
         assert group.sort_values("radius")["vra"].is_monotonic_decreasing
     table = pd.read_csv(results / "tables" / "table1.csv")
     assert {"clean", "pgd", "vra", "vra_reported", "vra_source", "sec_per_epoch"} <= set(table.columns)
-    for name in ("table1.md", "table1.tex"):
-        assert (results / "tables" / name).stat().st_size > 0
+    assert sorted(table["method"]) == ["BCP", "GloRo", "GloRo-T", "KW"] and table["vra"].notna().all()
+    baselines = table.set_index("method").loc[["KW", "BCP"]]
+    gloro_row = table.set_index("method").loc["GloRo"]
+    expected_ratio = gloro_row["sec_per_epoch"] / baselines["sec_per_epoch"]
+    assert (baselines["gloro_time_ratio"] - expected_ratio).abs().max() < 1e-12  # measured in this run
+    assert baselines["gloro_mem_ratio"].gt(0).all() and pd.isna(gloro_row["gloro_time_ratio"])
+    markdown = (results / "tables" / "table1.md").read_text()
+    assert "| KW |" in markdown and "×" in markdown and "Table 1, measured" in markdown
+    assert not re.search(r"\d\.\d{5,}", markdown.split("Table 1, measured")[0])  # no raw floats in the cells
+    assert "\\caption{Table 1, measured" in (results / "tables" / "table1.tex").read_text()
     cost = pd.read_csv(results / "tables" / "certification_cost.csv")
     assert (cost["vra_local"] >= cost["vra_global"]).all()  # the local bound is never looser
     assert (cost["certify_over_forward_throughput"] > 0).all()
@@ -209,11 +233,15 @@ def test_the_paper_config_trains_and_certifies_each_data_set_unchanged_but_for_s
         str(runs / "cifar10_36_gloro" / "certify.json"),
         str(runs / "tiny_imagenet_36_trades" / "model.pt"),
     ]
+    shrink["experiments"]["cifar10_36_bcp"]["warmup_epochs"] = 1
+    (tmp_path / "shrink.yaml").write_text(yaml.safe_dump(shrink))
+    targets.append(str(runs / "cifar10_36_bcp" / "certify.json"))
     result = snakemake(*targets, "--configfile", "config/paper.yaml", str(tmp_path / "shrink.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
-    for experiment in ("mnist_1_58_trades", "cifar10_36_gloro"):
+    for experiment in ("mnist_1_58_trades", "cifar10_36_gloro", "cifar10_36_bcp"):
         report = json.loads((runs / experiment / "certify.json").read_text())
         assert 0 <= report["vra"] <= report["clean_accuracy"] <= 1
+    assert json.loads((runs / "cifar10_36_bcp" / "certify.json").read_text())["certifier"] == "bcp"
     summary = json.loads((runs / "cifar10_36_gloro" / "train.json").read_text())
     assert summary["warmup"]["epochs"] == 1 and summary["experiment"]["augmentation"] == "cifar10"
     tiny = gloro.load(runs / "tiny_imagenet_36_trades" / "model.pt")

@@ -15,6 +15,8 @@ from gloro.schedules import (
     DecayAfterHalf,
     Linear,
     LogarithmicHalf,
+    MultiStep,
+    Step,
     schedule_from_config,
     schedule_to_config,
 )
@@ -181,3 +183,33 @@ def test_config_rejects_an_unknown_parameter():
 def test_config_rejects_a_missing_parameter():
     with pytest.raises(ValueError, match="epochs"):
         schedule_from_config({"kind": "decay_after_half", "initial": 1e-3, "final": 1e-6})
+
+
+# ---------------------------------------------------------------------------------------------- Step, MultiStep
+
+
+def test_step_matches_the_kw_and_bcp_learning_rates():
+    """KW: StepLR(10, 0.5) from the end of a 20-epoch ramp; BCP CIFAR: 1e-3 until epoch 129, halved from 130."""
+    kw = Step(initial=1e-3, factor=0.5, every=10, start=20)
+    assert [kw(e) for e in (0, 19, 29, 30, 39, 40, 59)] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 1.25e-4]
+    bcp = Step(initial=1e-3, factor=0.5, every=10, start=120)
+    assert bcp(119) == bcp(129) == 1e-3 and bcp(130) == 5e-4 and bcp(179) == pytest.approx(1.5625e-5)
+
+
+def test_multistep_holds_each_milestone_epoch_and_drops_after_it():
+    """BCP's MNIST rate (facts: 3e-4 for epochs 0-21, 3e-5 for 22-30, 3e-6 for 31-40, 3e-7 after)."""
+    schedule = MultiStep(initial=3e-4, factor=0.1, milestones=(21, 30, 40))
+    expected = {0: 3e-4, 21: 3e-4, 22: 3e-5, 30: 3e-5, 31: 3e-6, 40: 3e-6, 41: 3e-7, 59: 3e-7}
+    for epoch, value in expected.items():
+        assert schedule(epoch) == pytest.approx(value, rel=1e-12)
+
+
+def test_step_and_multistep_reject_malformed_parameters():
+    with pytest.raises(ValueError, match="every >= 1"):
+        Step(initial=1e-3, factor=0.5, every=0)
+    with pytest.raises(ValueError, match="increasing"):
+        schedule_from_config({"kind": "multistep", "initial": 1.0, "factor": 0.1, "milestones": [3, 1]})
+    round_trip = schedule_to_config(
+        schedule_from_config({"kind": "multistep", "initial": 1.0, "factor": 0.1, "milestones": [1, 3]})
+    )
+    assert round_trip == {"kind": "multistep", "initial": 1.0, "factor": 0.1, "milestones": [1, 3]}

@@ -1,7 +1,8 @@
 rule attack:
-    """PGD accuracy at the eval ε, and an audit attacking every certified point (a broken one fails the run)."""
+    """PGD accuracy at the eval ε, and an audit attacking every point any certifier certified (a broken one fails the run)."""
     input:
         model=rules.train.output.model,
+        certificates=rules.certify.output.certificates,
         test_data=experiment_data("test"),
     output:
         report=f"{run_dir()}/attack.json",

@@ -1,11 +1,12 @@
 rule certify:
-    """Freeze the trained net and certify the test split at the eval ε with sound constants."""
+    """Freeze the trained net and certify the test split at the eval ε with each of the experiment's certifiers."""
     input:
         model=rules.train.output.model,
         test_data=experiment_data("test"),
     output:
         report=f"{run_dir()}/certify.json",
         radii=f"{run_dir()}/radii.csv",
+        certificates=f"{run_dir()}/certificates.csv",
     params:
         settings=experiment_settings,
         data=DATA_OPTIONS,

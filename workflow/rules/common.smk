@@ -4,12 +4,14 @@ import shlex
 import sys
 
 from gloro.data import cache_file, dataset_available, datasets
+from gloro.experiment import Experiment
 
 
 def selected_experiments(config):
     """Every experiment, less those marked when_available whose data cannot be read without a download."""
     names = []
     for name, settings in sorted(config["experiments"].items()):
+        Experiment.from_config(name, settings)  # method options and schedules checked before any job runs
         offline = settings.get("when_available") and not config["download"]
         if offline and not dataset_available(
             settings["dataset"], data_dir=config["data_dir"], cache_dir=config["data_cache"]

@@ -15,6 +15,10 @@ rule report:
         table1_tex=f"{RESULTS}/tables/table1.tex",
         cost=report(f"{RESULTS}/tables/certification_cost.csv", caption="../report/cost.rst", category="Tables"),
         cost_md=f"{RESULTS}/tables/certification_cost.md",
+        comparison=report(
+            f"{RESULTS}/tables/certifier_comparison.csv", caption="../report/comparison.rst", category="Tables"
+        ),
+        comparison_md=f"{RESULTS}/tables/certifier_comparison.md",
         vra_png=report(f"{RESULTS}/figures/vra_by_radius.png", caption="../report/vra_by_radius.rst", category="Figures"),
         vra_pdf=f"{RESULTS}/figures/vra_by_radius.pdf",
         curves_png=report(

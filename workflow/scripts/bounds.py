@@ -21,4 +21,5 @@ with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contex
         points=evaluation["local_points"],
         tightness_steps=evaluation["tightness_steps"],
         tightness_pairs=evaluation["tightness_pairs"],
+        certifiers=evaluation["compare_certifiers"],
     )

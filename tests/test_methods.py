@@ -1,0 +1,94 @@
+"""Methods as a config axis: KW and BCP train, certify and pass the audit on digits; their options are checked."""
+
+import pytest
+import torch
+
+from gloro.experiment import (
+    DataOptions,
+    Experiment,
+    attack_experiment,
+    certify_experiment,
+    train_experiment,
+)
+from gloro.methods import get_method, methods
+
+SETTINGS = {
+    "dataset": "digits",
+    "architecture": "2C2F",
+    "eval_epsilon": 0.3,
+    "batch_size": 64,
+    "init": "pytorch",
+}
+BASELINES = {
+    "kw": {"train_epsilon": {"kind": "linear", "start": 0.01, "end": 0.3, "epochs": 4}, "epochs": 6},
+    "bcp": {
+        "train_epsilon": {"kind": "linear", "start": 0.0, "end": 0.3, "epochs": 4},
+        "kappa": {"kind": "linear", "start": 1.0, "end": 0.0, "epochs": 4},
+        "warmup_epochs": 1,
+        "power_iterations": 1,
+        "epochs": 8,
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(BASELINES))
+def test_each_baseline_trains_certifies_and_survives_the_audit_on_digits(method, tmp_path):
+    settings = {**SETTINGS, **BASELINES[method], "method": method, "certifiers": [method, "global"]}
+    experiment = Experiment.from_config(f"digits_{method}", settings)
+    device = torch.device("cpu")
+    summary = train_experiment(experiment, tmp_path, DataOptions(), device, progress=False)
+    assert summary["method"]["name"] == method and summary["method"]["label"] == method.upper()
+    recipe = summary["method"]["recipe"]
+    assert recipe["loss"] == method and recipe["adam_epsilon"] == get_method(method).adam_epsilon
+    assert recipe["epsilon"] == {
+        "kind": "linear",
+        "start": BASELINES[method]["train_epsilon"]["start"],
+        "end": 0.3,
+        "epochs": 4,
+    }
+    certified = certify_experiment(experiment, tmp_path, DataOptions(), device, radii=[0.0, 0.3], batch_size=256)
+    assert certified["certifier"] == method
+    rows = {row["certifier"]: row for row in certified["certificates"]}
+    assert set(rows) == {method, "global"}
+    assert 0.5 <= rows[method]["vra"] <= rows[method]["clean_accuracy"]
+    # never below the global Lipschitz bound; KW's polytope, which the net was trained for, far above it
+    assert rows[method]["vra"] >= rows["global"]["vra"]
+    assert method != "kw" or rows[method]["vra"] > rows["global"]["vra"] + 0.2
+    attacked = attack_experiment(
+        experiment, tmp_path, DataOptions(), device, {"steps": 20, "restarts": 1, "step_size": None}
+    )
+    assert set(attacked["audits"]) == {method, "global"}
+    assert all(audit["violations"] == 0 for audit in attacked["audits"].values())
+    assert attacked["audit"]["certifier"] == method and attacked["audit"]["certified"] == rows[method]["certified"]
+    assert attacked["pgd_accuracy"] >= rows[method]["vra"]  # PGD can only break points the bound leaves uncertified
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "crown"}, "unknown method 'crown'; known methods: gloro, kw, bcp"),
+        ({"kappa": 0.5}, "kappa is a bcp option, but its method is 'gloro'"),
+        ({"method": "kw", "loss": "trades"}, "method 'kw' trains with loss kw, not 'trades'"),
+        ({"method": "bcp", "kw_projections": 10}, "kw_projections is a kw option, but its method is 'bcp'"),
+        ({"certifiers": ["local", "global"]}, "must be 'global' for method 'gloro'"),
+        ({"method": "kw", "certifiers": ["kw", "kwx"]}, "unknown certifiers \\['kwx'\\]"),
+        ({"learning_rate": {"kind": "multistep", "initial": 0.1, "factor": 0.1, "milestones": [5, 2]}}, "increasing"),
+    ],
+)
+def test_method_options_are_checked_when_the_config_is_read(change, message):
+    with pytest.raises(ValueError, match=message):
+        Experiment.from_config("bad", {**SETTINGS, "train_epsilon": 0.3, "epochs": 2, **change})
+
+
+def test_every_method_names_a_registered_certifier_and_its_table_labels():
+    from gloro.certify import list_certifiers
+
+    assert methods() == ["gloro", "kw", "bcp"]
+    for name in methods():
+        method = get_method(name)
+        assert method.certifier in list_certifiers() and len(method.labels) == len(method.losses)
+    assert (
+        Experiment.from_config("t", {**SETTINGS, "train_epsilon": 0.3, "epochs": 1, "loss": "trades"}).label
+        == "GloRo-T"
+    )

@@ -229,3 +229,18 @@ def test_bcp_boxes_contain_what_an_attack_on_each_unit_reaches(trained, epsilon)
         rows = torch.arange(len(x)).repeat_interleave(24)
         assert bool((lower.flatten(1)[rows, units] <= lowest).all()), f"layer {depth}: box above a reached value"
         assert bool((upper.flatten(1)[rows, units] >= highest).all()), f"layer {depth}: box below a reached value"
+
+
+def test_the_audit_fails_a_planted_certificate_without_radii(trained, tmp_path):
+    """A certifier that claims every point (no radius) is caught: every flip inside the ε-ball is a violation."""
+    from gloro.attack import SoundnessError, audit_soundness
+
+    net, (x, _) = trained
+    with torch.no_grad():
+        predictions = net.predict_clean(x).argmax(1)
+    planted = Certificate(predictions, torch.ones(len(x), dtype=torch.bool), None, EPSILON, "planted")
+    with pytest.raises(SoundnessError, match="the planted certificate is unsound"):
+        audit_soundness(net, x, certificate=planted, steps=20, restarts=1, progress=False)
+    honest = create_certifier("bcp")(net, x, EPSILON)
+    summary = audit_soundness(net, x, certificate=honest, steps=20, restarts=1, progress=False)
+    assert summary["certifier"] == "bcp" and summary["violations"] == 0 and summary["certified"] > 100

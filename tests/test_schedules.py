@@ -189,11 +189,12 @@ def test_config_rejects_a_missing_parameter():
 
 
 def test_step_matches_the_kw_and_bcp_learning_rates():
-    """KW: StepLR(10, 0.5) from the end of a 20-epoch ramp; BCP CIFAR: 1e-3 until epoch 129, halved from 130."""
+    """KW: StepLR(10, 0.5) from the end of a 20-epoch ramp; BCP CIFAR after its 10 warm-up epochs (t = e + 10):
+    1e-3 until t = 139, halved every 10 epochs from 140, 1.5625e-5 for t = 190-199."""
     kw = Step(initial=1e-3, factor=0.5, every=10, start=20)
     assert [kw(e) for e in (0, 19, 29, 30, 39, 40, 59)] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 1.25e-4]
     bcp = Step(initial=1e-3, factor=0.5, every=10, start=120)
-    assert bcp(119) == bcp(129) == 1e-3 and bcp(130) == 5e-4 and bcp(179) == pytest.approx(1.5625e-5)
+    assert bcp(119) == bcp(129) == 1e-3 and bcp(130) == 5e-4 and bcp(189) == pytest.approx(1.5625e-5)  # t = 199
 
 
 def test_multistep_holds_each_milestone_epoch_and_drops_after_it():

@@ -62,6 +62,8 @@ class Experiment:
     kw_projections: int | None = None
     bcp_solver_iterations: int | None = None
     certifiers: tuple[str, ...] | None = None
+    eval_points: int | None = None
+    not_run: str | None = None  # planned but not runnable, with the reason (Table 1 shows it)
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -239,8 +241,8 @@ def train_experiment(
         recipe,
         device=device,
         progress=progress,
-        eval_images=test_split.float_images(),
-        eval_labels=test_split.labels,
+        eval_images=test_split.float_images()[: experiment.eval_points],  # None slices nothing off
+        eval_labels=test_split.labels[: experiment.eval_points],
         eval_certifier=experiment.certifiers[0],
         scratch=scratch,  # a killed job resumes after its last finished epoch
     )
@@ -406,9 +408,9 @@ def bounds_experiment(
     """Local vs global certification on the first `points` test points, and the global bound's tightness.
 
     Writes `bounds.json`: VRA and seconds per point of the global certificate and of the sound local
-    Lipschitz bound on the same points, every one of `certifiers` on those points (`certifiers`: one row
-    each, the first as the reference), and sound K_ij over an empirical lower bound (optimised input pairs
-    started from those points).
+    Lipschitz bound on the same points, every one of `certifiers` and of the experiment's own certifiers on
+    those points (`certifiers`: one row each, the first as the reference), and sound K_ij over an empirical
+    lower bound (optimised input pairs started from those points).
     """
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
@@ -420,7 +422,8 @@ def bounds_experiment(
         net, inputs=images, steps=tightness_steps, seed=experiment.seed, max_pairs=tightness_pairs
     )
     tightness.pop("pairs", None)
-    rows = compare_certifiers(net, images, labels, net.eval_epsilon, certifiers)
+    names = list(dict.fromkeys([*certifiers, *experiment.certifiers]))  # the run's own certifiers always among them
+    rows = compare_certifiers(net, images, labels, net.eval_epsilon, names)
     result = {"local_vs_global": comparison, "certifiers": rows, "tightness": tightness}
     write_json(run_dir / "bounds.json", result)
     return result

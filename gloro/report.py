@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +60,7 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "best_on_test_clean_accuracy": best.get("clean_accuracy"),
         "first_epoch_sec": cost["first_epoch_seconds"],
         "sec_per_epoch": cost["later_epochs_mean_seconds"] or cost["first_epoch_seconds"],
+        "train_examples": train["data"]["examples"],
         "train_images_per_second": cost["later_epochs_images_per_second"],
         "peak_mem_mb": cost["peak_mem_mb"],
         "peak_mem_source": cost["peak_mem_source"],
@@ -143,13 +144,14 @@ def comparison_view(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def table1(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Mapping] | None = None) -> pd.DataFrame:
     """The paper's Table 1, every row measured in this run: one row per setting (data set, ε, architecture)
     and method, with clean / PGD / VRA in percent (VRA by the method's own certifier), seconds per epoch,
     peak memory and certification time per point; beside each accuracy the published number, its source
-    and the difference. On KW and BCP rows, GloRo's seconds per epoch and peak memory as a ratio to that
-    row's (the paper's cost claim, measured on one machine). A published baseline with no run in the config
-    gets a row that says so."""
+    and the difference. On KW and BCP rows, GloRo's training seconds per image and peak memory as a ratio to
+    that row's (the paper's cost claim, measured on one machine). A published baseline with no run in the
+    config gets a row that says so, and so does each experiment in `not_run` (name → config entry, with
+    its `not_run` reason)."""
     published = published.assign(
         method=published["method"].map(PUBLISHED_METHODS), eps_key=published["epsilon"].round(3)
     )
@@ -175,6 +177,7 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
             row[f"{metric}_source"] = match["source"] if match is not None else None
             row[f"{metric}_diff"] = ours - match["value_percent"] if match is not None else None
         row["sec_per_epoch"] = float(run["sec_per_epoch"])
+        row["train_examples"] = int(run["train_examples"])
         row["peak_mem_mb"] = run["peak_mem_mb"]
         row["peak_mem_source"] = run["peak_mem_source"]
         row["cert_ms_per_point"] = 1000 * float(run["cert_sec_per_point"])
@@ -182,27 +185,44 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     for row in rows:
         gloro = settings[(row["dataset"], round(float(row["epsilon"]), 3), row["architecture"])].get("GloRo")
         measured = row["method"] in BASELINES and gloro is not None
-        row["gloro_time_ratio"] = float(gloro["sec_per_epoch"]) / row["sec_per_epoch"] if measured else None
+        # per training image, so that a baseline trained on a smaller subset compares fairly
+        gloro_per_image = float(gloro["sec_per_epoch"]) / int(gloro["train_examples"]) if measured else None
+        per_image = row["sec_per_epoch"] / row["train_examples"] if measured else None
+        row["gloro_time_ratio"] = gloro_per_image / per_image if measured else None
         row["gloro_mem_ratio"] = float(gloro["peak_mem_mb"]) / float(row["peak_mem_mb"]) if measured else None
         row["note"] = None
+    planned = set()
+    for name, entry in (not_run or {}).items():
+        method = get_method(entry.get("method", "gloro"))
+        label = method.label(entry.get("loss") or method.losses[0])
+        key = (entry["dataset"], round(float(entry["eval_epsilon"]), 3), entry["architecture"])
+        planned.add((key, label))
+        note = f"not run: {entry['not_run']}"
+        rows.append(unmeasured_row(published, key, entry["eval_epsilon"], label, note) | {"experiment": name})
     for key in sorted(settings):
         for method in BASELINES:
-            if method in settings[key]:
+            if method in settings[key] or (key, method) in planned:
                 continue
-            cells = {m: published_cell(published, key, method, m) for m in TABLE1_METRICS}
-            if all(cell is None for cell in cells.values()):
+            if all(published_cell(published, key, method, metric) is None for metric in TABLE1_METRICS):
                 continue
-            row = {"dataset": key[0], "epsilon": key[1], "architecture": key[2], "method": method}
-            for metric, cell in cells.items():
-                row[metric] = row[f"{metric}_diff"] = None
-                row[f"{metric}_reported"] = cell["value_percent"] if cell is not None else None
-                row[f"{metric}_source"] = cell["source"] if cell is not None else None
-            rows.append(row | {"note": f"no {method} experiment at this setting in the config: published numbers only"})
+            note = f"no {method} experiment at this setting in the config: published numbers only"
+            rows.append(unmeasured_row(published, key, key[1], method, note))
     order = {"GloRo": 0, "GloRo-T": 1, "KW": 2, "BCP": 3}
     rows.sort(
         key=lambda row: (row["dataset"], round(float(row["epsilon"]), 3), row["architecture"], order[row["method"]])
     )
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+
+
+def unmeasured_row(published: pd.DataFrame, key: tuple, epsilon: float, method: str, note: str) -> dict:
+    """A Table 1 row with no measurement: the published numbers at the setting, and why nothing was measured."""
+    row = {"dataset": key[0], "epsilon": epsilon, "architecture": key[2], "method": method, "note": note}
+    for metric in TABLE1_METRICS:
+        cell = published_cell(published, key, method, metric)
+        row[metric] = row[f"{metric}_diff"] = None
+        row[f"{metric}_reported"] = cell["value_percent"] if cell is not None else None
+        row[f"{metric}_source"] = cell["source"] if cell is not None else None
+    return row
 
 
 TABLE1_COLUMNS = [
@@ -214,6 +234,7 @@ TABLE1_COLUMNS = [
     "certifier",
     *(f"{metric}{suffix}" for metric in TABLE1_METRICS for suffix in ("", "_reported", "_source", "_diff")),
     "sec_per_epoch",
+    "train_examples",
     "peak_mem_mb",
     "peak_mem_source",
     "cert_ms_per_point",
@@ -279,7 +300,7 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
     devices = "; ".join(sorted(set(runs["device_name"])))
     sources = "published numbers in parentheses (sources in table1.csv)"
     memory = "peak memory: CUDA max allocated on a GPU, the job's peak RSS on the CPU"
-    ratios = "ratios: GloRo's seconds per epoch and memory over the baseline's, same run and machine"
+    ratios = "ratios: GloRo's training seconds per image and peak memory over the baseline's, same run and machine"
     return (
         f"Table 1, measured {date} on {devices}, torch {runs['torch_version'].iloc[0]}; {sources}; {memory}; {ratios}."
     )
@@ -416,9 +437,10 @@ def write_report(
     published: str | Path,
     tables_dir: str | Path,
     figures_dir: str | Path,
+    not_run: Mapping[str, Mapping] | None = None,
 ) -> None:
-    """Write tables/runs.csv, vra_by_radius.csv, table1.{csv,md,tex}, certification_cost.{csv,md} and
-    figures/*.{pdf,png}."""
+    """Write tables/runs.csv, vra_by_radius.csv, table1.{csv,md,tex}, certifier_comparison.{csv,md},
+    certification_cost.{csv,md} and figures/*.{pdf,png}; `not_run` experiments get Table 1 rows with the reason."""
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     run_dirs = [Path(p) for p in run_dirs]
     rows, histories = zip(*(read_run(run_dir) for run_dir in run_dirs), strict=True)
@@ -426,7 +448,7 @@ def write_report(
     write_csv(runs, tables_dir / "runs.csv")
     radius_table = vra_by_radius(run_dirs)
     write_csv(radius_table, tables_dir / "vra_by_radius.csv")
-    table = table1(runs, pd.read_csv(published))
+    table = table1(runs, pd.read_csv(published), not_run)
     write_csv(table, tables_dir / "table1.csv")
     view, caption = table1_view(table), table1_caption(runs, datetime.date.today().isoformat())
     write_text(tables_dir / "table1.md", markdown_table(view) + "\n" + caption + "\n")

@@ -121,7 +121,7 @@ def train(
     epoch includes warm-up, see `training_cost`), images_per_second, peak_mem_mb and peak_mem_source
     ('cuda_max_allocated', reset every epoch, or 'cpu_process_max_rss', the process's peak resident memory
     since it started, which never goes down). With an eval set, the net is certified on it after every
-    epoch (sound K, at `eval_epsilon`, default the net's eval ε): rows gain eval_epsilon, eval_vra,
+    epoch (sound K, at `eval_epsilon`, default the net's eval ε): rows gain eval_points, eval_epsilon, eval_vra,
     eval_clean_accuracy, eval_rejection_rate and eval_seconds, and the returned history's `best` holds the
     weights of the best-eval-VRA epoch. `eval_certifier` names the certifier of that evaluation
     (`gloro.certify.list_certifiers()`: a KW or BCP run is evaluated with its own). `on_epoch` sees each row.
@@ -183,6 +183,7 @@ def train(
                     create_certifier(eval_certifier), net, eval_images, eval_labels, eval_epsilon
                 )
             row.update(
+                eval_points=len(eval_labels),
                 eval_epsilon=result["epsilon"],
                 eval_vra=result["vra"],
                 eval_clean_accuracy=result["clean_accuracy"],

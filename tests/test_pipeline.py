@@ -47,8 +47,11 @@ def write_config(path: Path, results: Path, baselines: bool = False, **experimen
         "experiments": {"tiny_gloro": settings, "tiny_trades": {**settings, "loss": "trades"}},
     }
     if baselines:  # KW and BCP on the same net and data, so that Table 1 has measured cost ratios
-        config["experiments"]["tiny_kw"] = {**settings, "method": "kw", "epochs": 2, "certifiers": ["kw", "global"]}
+        kw = {"method": "kw", "epochs": 2, "certifiers": ["kw", "global"], "eval_points": 40}
+        config["experiments"]["tiny_kw"] = {**settings, **kw, "subset": {"train": 200, "test": 120}}
         config["experiments"]["tiny_bcp"] = {**settings, "method": "bcp", "epochs": 2, "kappa": 0.5}
+        planned = {"method": "bcp", "architecture": "4C3F", "not_run": "too large for this test"}
+        config["experiments"]["tiny_bcp_4c3f"] = {**settings, **planned}
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -86,6 +89,8 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
     assert jobs.returncode == 0, jobs.stderr
     for baseline in ("mnist_1_58_kw", "mnist_1_58_bcp", "cifar10_36_kw", "cifar10_36_bcp", "tiny_imagenet_36_bcp"):
         assert f"experiment={baseline}" in jobs.stdout
+    assert "experiment=tiny_imagenet_36_kw" not in jobs.stdout  # planned with the reason it cannot run
+    assert "tiny_imagenet_36_kw is not run: the exact l2 KW dual" in jobs.stderr
 
 
 def test_the_slurm_profile_gives_a_gpu_to_every_rule_that_declares_one():
@@ -114,6 +119,8 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
         "tiny_trades": "global",
     }
     assert set(runs.set_index("experiment").loc["tiny_kw", "audited_certifiers"].split(",")) == {"kw", "global"}
+    monitored = pd.read_csv(results / "runs" / "tiny_kw" / "history.csv")
+    assert (monitored["eval_points"] == 40).all()  # per-epoch monitoring on the first 40 test points only
     for column in ("clean_accuracy", "vra", "pgd_accuracy", "rejection_rate"):
         assert runs[column].between(0, 1).all()
     assert (runs["vra"] <= runs["clean_accuracy"]).all()
@@ -125,10 +132,17 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
         assert group.sort_values("radius")["vra"].is_monotonic_decreasing
     table = pd.read_csv(results / "tables" / "table1.csv")
     assert {"clean", "pgd", "vra", "vra_reported", "vra_source", "sec_per_epoch"} <= set(table.columns)
+    planned = table[table["note"].notna()]
+    assert planned[["experiment", "architecture", "method"]].values.tolist() == [["tiny_bcp_4c3f", "4C3F", "BCP"]]
+    assert planned["note"].iloc[0] == "not run: too large for this test" and planned["vra"].isna().all()
+    assert not (results / "runs" / "tiny_bcp_4c3f").exists()
+    table = table[table["note"].isna()]
     assert sorted(table["method"]) == ["BCP", "GloRo", "GloRo-T", "KW"] and table["vra"].notna().all()
     baselines = table.set_index("method").loc[["KW", "BCP"]]
     gloro_row = table.set_index("method").loc["GloRo"]
-    expected_ratio = gloro_row["sec_per_epoch"] / baselines["sec_per_epoch"]
+    per_image = baselines["sec_per_epoch"] / baselines["train_examples"]  # KW trained on 200 images, the rest 400
+    assert baselines["train_examples"].tolist() == [200, 400]
+    expected_ratio = gloro_row["sec_per_epoch"] / gloro_row["train_examples"] / per_image
     assert (baselines["gloro_time_ratio"] - expected_ratio).abs().max() < 1e-12  # measured in this run
     assert baselines["gloro_mem_ratio"].gt(0).all() and pd.isna(gloro_row["gloro_time_ratio"])
     markdown = (results / "tables" / "table1.md").read_text()

@@ -12,6 +12,9 @@ def selected_experiments(config):
     names = []
     for name, settings in sorted(config["experiments"].items()):
         Experiment.from_config(name, settings)  # method options and schedules checked before any job runs
+        if settings.get("not_run"):
+            print(f"note: {name} is not run: {settings['not_run']}", file=sys.stderr)
+            continue
         offline = settings.get("when_available") and not config["download"]
         if offline and not dataset_available(
             settings["dataset"], data_dir=config["data_dir"], cache_dir=config["data_cache"]
@@ -20,8 +23,13 @@ def selected_experiments(config):
             continue
         names.append(name)
     if not names:
-        raise ValueError("no experiment can run: every one is marked when_available and lacks its data")
+        raise ValueError("no experiment can run: every one is marked not_run, or when_available and lacks its data")
     return names
+
+
+def not_run_experiments(config):
+    """The experiments a config plans but marks `not_run`, with their settings, for Table 1's rows."""
+    return {name: settings for name, settings in config["experiments"].items() if settings.get("not_run")}
 
 
 def experiment_settings(wildcards):

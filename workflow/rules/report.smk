@@ -31,6 +31,7 @@ rule report:
         tightness_pdf=f"{RESULTS}/figures/tightness.pdf",
     params:
         experiments=EXPERIMENTS,
+        not_run=not_run_experiments(config),
     log:
         f"{RESULTS}/logs/report/report.log",
     benchmark:

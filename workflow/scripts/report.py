@@ -12,4 +12,5 @@ with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contex
         published=snakemake.input.published,
         tables_dir=Path(snakemake.output.runs).parent,
         figures_dir=Path(snakemake.output.vra_png).parent,
+        not_run=snakemake.params.not_run,
     )

@@ -9,6 +9,9 @@ from gloro.attack import (
     pgd_accuracy,
     robust_accuracy,
 )
+from gloro.certificate import Certificate
+from gloro.certify import Certifier, create_certifier, list_certifiers
+from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import CheckpointError, load, save
 from gloro.cpu_memory import keep_freed_memory
 from gloro.evaluate import STANDARD_RADII, CertificationReport, certification_report, evaluate, vra_at_radii
@@ -25,7 +28,6 @@ from gloro.local_certify import (
     local_lipschitz,
 )
 from gloro.losses import gloro_cross_entropy, gloro_trades
-from gloro.margin import Certificate
 from gloro.schedules import Constant, DecayAfterHalf, Linear, LogarithmicHalf, schedule_from_config
 from gloro.tightness import (
     global_tightness,
@@ -44,6 +46,7 @@ __all__ = [
     "BestModel",
     "Certificate",
     "CertificationReport",
+    "Certifier",
     "CheckpointError",
     "Constant",
     "CrownCertificate",
@@ -66,13 +69,16 @@ __all__ = [
     "certification_report",
     "certify_crown",
     "certify_local",
+    "compare_certifiers",
     "compare_local_global",
+    "create_certifier",
     "create_model",
     "evaluate",
     "global_tightness",
     "gloro_cross_entropy",
     "gloro_trades",
     "keep_freed_memory",
+    "list_certifiers",
     "load",
     "local_lipschitz",
     "local_margin_lipschitz_lower_bound",

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gloro.certificate import Certificate
 from gloro.gloro_net import GloroNet, check_epsilon
-from gloro.margin import Certificate, certify_logits
+from gloro.margin import certify_logits
 
 # The ℓ2 radii at which papers on certified robustness report VRA for images on the [0, 1] scale.
 STANDARD_RADII: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 255 / 255)
@@ -66,6 +67,8 @@ def certify_all(
         predictions=torch.cat([part.predictions for part in parts]).cpu(),
         certified=torch.cat([part.certified for part in parts]).cpu(),
         radius=torch.cat([part.radius for part in parts]).cpu(),
+        epsilon=epsilon,
+        method="global",
     )
 
 

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gloro.certificate import Certificate
 from gloro.lipschitz import ConstantBound, bound_for
-from gloro.margin import Certificate, certify_logits, head_distances, with_bottom
+from gloro.margin import certify_logits, head_distances, with_bottom
 
 
 def flatten_sequential(model: nn.Module) -> list[nn.Module]:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from gloro.certificate import Certificate
 from gloro.gloro_net import GloroNet, check_epsilon, layer_input_shapes
 from gloro.layers import MinMax
 from gloro.lipschitz import UnsupportedLayerError, conv_padding
@@ -71,15 +72,11 @@ class LocalBounds:
     pre_activation: tuple[tuple[torch.Tensor, torch.Tensor], ...]
 
 
-@dataclass(frozen=True)
-class LocalCertificate:
-    """A local certificate at ε: predictions, certified mask, sound radius min(r, ε), and the bounds it used."""
+@dataclass(frozen=True, eq=False)
+class LocalCertificate(Certificate):
+    """A local certificate at ε (a `Certificate` whose radius is the sound min(r, ε)), with the bounds it used."""
 
-    predictions: torch.Tensor
-    certified: torch.Tensor
-    radius: torch.Tensor
-    epsilon: float
-    bounds: LocalBounds
+    bounds: LocalBounds | None = None
 
 
 class AffineOperator:
@@ -289,7 +286,7 @@ def certify_local(
     # a zero K^local_ij (the margin is constant on the ball) with a non-negative gap certifies: r = ∞
     ratios = torch.where(local > 0, gaps / local, torch.where(gaps >= 0, math.inf, -math.inf))
     ratios = ratios.scatter(1, top[:, None], math.inf).min(dim=1).values
-    return LocalCertificate(top, ratios >= epsilon, ratios.clamp_max(epsilon), epsilon, bounds)
+    return LocalCertificate(top, ratios >= epsilon, ratios.clamp_max(epsilon), epsilon, "local", bounds=bounds)
 
 
 # --- A second local certifier, kept apart from the Lipschitz one: CROWN from an ℓ2 ball -------------------------
@@ -301,16 +298,13 @@ def certify_local(
 # bounded last. It works on explicit float64 matrices, so every affine layer must be small enough to have one.
 
 
-@dataclass(frozen=True)
-class CrownCertificate:
-    """CROWN at ε: predictions, certified mask, (N, m) lower bounds of y_j − y_i on the ball (+∞ at j), and the
-    flattened (lower, upper) pre-activation bounds of every affine layer before the head."""
+@dataclass(frozen=True, eq=False)
+class CrownCertificate(Certificate):
+    """CROWN at ε (a `Certificate` without radii), with the (N, m) lower bounds of y_j − y_i on the ball (+∞ at
+    j) and the flattened (lower, upper) pre-activation bounds of every affine layer before the head."""
 
-    predictions: torch.Tensor
-    certified: torch.Tensor
-    margin_lower_bounds: torch.Tensor
-    epsilon: float
-    pre_activation: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    margin_lower_bounds: torch.Tensor | None = None
+    pre_activation: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
 def crown_layers(plan: LocalPlan) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
@@ -409,7 +403,10 @@ def certify_crown(
     specification_bias = head_bias[predictions][:, None] - head_bias[None, :]
     margins = back_substitute(specification, steps[:-1], bounds, center, epsilon, upper=False) + specification_bias
     margins = margins.scatter(1, predictions[:, None], math.inf)
-    return CrownCertificate(predictions, (margins > 0).all(1), margins, epsilon, tuple(bounds))
+    certified = (margins > 0).all(1)
+    return CrownCertificate(
+        predictions, certified, None, epsilon, "crown", margin_lower_bounds=margins, pre_activation=tuple(bounds)
+    )
 
 
 def compare_local_global(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from gloro import native
+from gloro.certificate import Certificate
 
 
 def head_distances(weight: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -34,15 +33,6 @@ def with_bottom(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: f
     return torch.cat((logits, bottom_logit(logits, margin_lipschitz, epsilon)[:, None]), dim=1)
 
 
-@dataclass(frozen=True)
-class Certificate:
-    """Per-point certification: the predicted class, whether it is certified at ε, and its certified radius."""
-
-    predictions: torch.Tensor
-    certified: torch.Tensor
-    radius: torch.Tensor
-
-
 def certify_logits(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float) -> Certificate:
     """Certify in float64: radius = min_{i≠j} (y_j − y_i)/K_ij; certified ⇔ radius ≥ ε ⇔ y_j ≥ y_⊥.
 
@@ -50,9 +40,10 @@ def certify_logits(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon
     """
     compiled = native.certify(logits, margin_lipschitz, epsilon)
     if compiled is not None:
-        return Certificate(*compiled)
+        predictions, certified, radius = compiled
+        return Certificate(predictions, certified, radius, float(epsilon), "global")
     y = logits.detach().double()
     top_value, top = y.max(dim=1)
     gaps = (top_value[:, None] - y) / margin_lipschitz.double()[top]
     radius = gaps.scatter_(1, top[:, None], float("inf")).min(dim=1).values
-    return Certificate(predictions=top, certified=radius >= epsilon, radius=radius)
+    return Certificate(top, radius >= epsilon, radius, float(epsilon), "global")

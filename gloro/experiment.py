@@ -64,6 +64,7 @@ class Experiment:
     certifiers: tuple[str, ...] | None = None
     eval_points: int | None = None
     not_run: str | None = None  # planned but not runnable, with the reason (Table 1 shows it)
+    optimizer: dict | None = None  # {kind: adam | sgd, momentum, weight_decay, clip_grad_norm}; default Adam
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -124,6 +125,7 @@ class Experiment:
             kw_projections=self.kw_projections,
             bcp_solver_iterations=10 if self.bcp_solver_iterations is None else self.bcp_solver_iterations,
             adam_epsilon=get_method(self.method).adam_epsilon,
+            **optimizer_settings(self.name, self.optimizer),
         )
 
     def subset_for(self, split: str) -> Subset | None:
@@ -182,6 +184,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"{model or 'unknown CPU'}, {torch.get_num_threads()} threads"
+
+
+def optimizer_settings(name: str, spec: Mapping | None) -> dict:
+    """TrainingRecipe's optimizer fields from an experiment's `optimizer` entry (None: Adam, no decay)."""
+    spec = dict(spec or {})
+    kind = spec.pop("kind", "adam")
+    known = {"momentum", "weight_decay", "clip_grad_norm"}
+    if unknown := set(spec) - known:
+        raise ValueError(f"experiment {name!r}: unknown optimizer settings {sorted(unknown)}; known: {sorted(known)}")
+    return {"optimizer": kind, **spec}
 
 
 def recipe_settings(recipe: TrainingRecipe) -> dict:

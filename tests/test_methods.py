@@ -92,3 +92,36 @@ def test_every_method_names_a_registered_certifier_and_its_table_labels():
         Experiment.from_config("t", {**SETTINGS, "train_epsilon": 0.3, "epochs": 1, "loss": "trades"}).label
         == "GloRo-T"
     )
+
+
+def test_sgd_with_clipping_moves_the_weights_by_at_most_lr_times_the_clip():
+    """KW's CIFAR optimizer: SGD whose gradient's global norm is clipped before the step."""
+    import gloro
+    from gloro.data import load_digits
+
+    x, y = load_digits("train")
+    moved = {}
+    for clip in (0.01, None):
+        net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=0), 0.3, seed=0)
+        before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+        lr = gloro.Constant(0.1)
+        recipe = gloro.TrainingRecipe(1, len(y), learning_rate=lr, optimizer="sgd", clip_grad_norm=clip, seed=0)
+        gloro.train(net, x, y, recipe, progress=False)  # one step: the whole set is one batch
+        moved[clip] = float((torch.cat([p.detach().flatten() for p in net.parameters()]) - before).norm())
+    assert moved[0.01] <= 0.1 * 0.01 * (1 + 1e-4)  # lr × clip, up to float32 rounding of the weights
+    assert moved[None] > 10 * moved[0.01]
+
+
+def test_optimizer_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown optimizer settings \\['nesterov'\\]"):
+        Experiment.from_config(
+            "bad", {**SETTINGS, "train_epsilon": 0.3, "epochs": 1, "optimizer": {"kind": "sgd", "nesterov": True}}
+        )
+    with pytest.raises(ValueError, match="momentum is an SGD setting"):
+        Experiment.from_config(
+            "bad", {**SETTINGS, "train_epsilon": 0.3, "epochs": 1, "optimizer": {"kind": "adam", "momentum": 0.9}}
+        )
+    sgd = Experiment.from_config(
+        "ok", {**SETTINGS, "train_epsilon": 0.3, "epochs": 1, "optimizer": {"kind": "sgd", "momentum": 0.9}}
+    )
+    assert sgd.recipe().optimizer == "sgd" and sgd.recipe().momentum == 0.9

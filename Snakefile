@@ -1,5 +1,7 @@
 # gloro-bench: `snakemake --cores all` trains, certifies and attacks every experiment of the config and
 # regenerates the tables and figures in results/ (see results/README.md).
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -39,3 +41,10 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         rules.report.output,
+
+
+onsuccess:
+    # what a user came for, printed where they look (the file holds the same table)
+    table = Path(RESULTS) / "tables" / "table1.md"
+    if table.is_file():
+        print(f"\n{table}:\n\n{table.read_text()}")

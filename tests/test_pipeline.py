@@ -247,9 +247,10 @@ def test_the_paper_config_trains_and_certifies_each_data_set_unchanged_but_for_s
         str(runs / "cifar10_36_gloro" / "certify.json"),
         str(runs / "tiny_imagenet_36_trades" / "model.pt"),
     ]
-    shrink["experiments"]["cifar10_36_bcp"]["warmup_epochs"] = 1
+    for baseline in ("cifar10_36_bcp", "tiny_imagenet_36_bcp"):
+        shrink["experiments"][baseline]["warmup_epochs"] = 1
     (tmp_path / "shrink.yaml").write_text(yaml.safe_dump(shrink))
-    targets.append(str(runs / "cifar10_36_bcp" / "certify.json"))
+    targets += [str(runs / "cifar10_36_bcp" / "certify.json"), str(runs / "tiny_imagenet_36_bcp" / "model.pt")]
     result = snakemake(*targets, "--configfile", "config/paper.yaml", str(tmp_path / "shrink.yaml"))
     assert result.returncode == 0, result.stderr[-3000:]
     for experiment in ("mnist_1_58_trades", "cifar10_36_gloro", "cifar10_36_bcp"):
@@ -260,3 +261,5 @@ def test_the_paper_config_trains_and_certifies_each_data_set_unchanged_but_for_s
     assert summary["warmup"]["epochs"] == 1 and summary["experiment"]["augmentation"] == "cifar10"
     tiny = gloro.load(runs / "tiny_imagenet_36_trades" / "model.pt")
     assert tiny.input_shape == (3, 64, 64) and tiny.num_classes == 200
+    tiny_bcp = json.loads((runs / "tiny_imagenet_36_bcp" / "train.json").read_text())  # 200 classes, 8C2F
+    assert tiny_bcp["method"]["name"] == "bcp" and tiny_bcp["experiment"]["architecture"] == "8C2F"

@@ -113,6 +113,15 @@ class CertificationReport:
         """VRA at each of `radii`, from the stored radii (no new pass over the data)."""
         return vra_at_radii(self.radius, self.correct, radii)
 
+    def certificate(self) -> Certificate:
+        """This certification as the global certifier's `Certificate` (its time: sound constants and the
+        certified passes, not the plain forward passes timed beside them)."""
+        seconds = self.metrics["sound_constants_seconds"] + self.metrics["certify_seconds"]
+        settings = {"batch_size": self.metrics["batch_size"]}
+        return Certificate(
+            self.predictions, self.certified, self.radius, self.metrics["epsilon"], "global", settings, seconds
+        )
+
     def row(self) -> dict:
         """The scalar metrics: one row of a per-run CSV (the per-radius rows are `metrics['vra_at_radii']`)."""
         return {key: value for key, value in self.metrics.items() if not isinstance(value, list)}

@@ -16,11 +16,12 @@ from pathlib import Path
 import pandas as pd
 
 from gloro.atomic import atomic_path, write_text
-from gloro.methods import get_method
+from gloro.evaluate import radius_label
+from gloro.methods import get_method, methods
 
 PUBLISHED_METHODS = {"gloro": "GloRo", "gloro_trades": "GloRo-T", "kw": "KW", "bcp": "BCP"}
 TABLE1_METRICS = ("clean", "pgd", "vra")
-BASELINES = ("KW", "BCP")
+BASELINES = tuple(label for name in methods() if name != "gloro" for label in get_method(name).labels)  # KW, BCP
 
 
 def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
@@ -30,7 +31,7 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     attack = json.loads((run_dir / "attack.json").read_text())
     history = pd.read_csv(run_dir / "history.csv")
     experiment, cost, best = train["experiment"], train["cost"], train["best_on_test"] or {}
-    audit, audits, certified = attack["audit"], attack.get("audits") or {}, certify["global"]
+    audit, audits, certified = attack["audit"], attack["audits"], certify["global"]
     method = get_method(experiment["method"])
     row = {
         "experiment": experiment["name"],
@@ -53,8 +54,8 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "pgd_accuracy": attack["pgd_accuracy"],
         "cert_sec_per_point": certify["sec_per_point"],
         "audited_points": audit["certified"],
-        "soundness_violations": sum(a["violations"] for a in audits.values()) if audits else audit["violations"],
-        "audited_certifiers": ",".join(audits) or certify["certifier"],
+        "soundness_violations": sum(a["violations"] for a in audits.values()),
+        "audited_certifiers": ",".join(audits),
         "best_on_test_epoch": best.get("epoch"),
         "best_on_test_vra": best.get("vra"),
         "best_on_test_clean_accuracy": best.get("clean_accuracy"),
@@ -72,7 +73,7 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "certify_points_per_second": certified["certify_points_per_second"],
         **{f"vra_{c['certifier']}": c["vra"] for c in certify["certificates"]},
         **{f"sec_per_point_{c['certifier']}": c["sec_per_point"] for c in certify["certificates"]},
-        "method_settings": json.dumps(train.get("method", {}).get("recipe"), sort_keys=True),
+        "method_settings": json.dumps(train["method"]["recipe"], sort_keys=True),
         **train["provenance"],
         "train_data_checksums": json.dumps(train["data"].get("sources", [])),
         "attack_settings": json.dumps(attack["attack_settings"], sort_keys=True),
@@ -99,18 +100,19 @@ def certification_cost(runs: pd.DataFrame, run_dirs: Sequence[Path]) -> pd.DataF
     plain inference throughput, one row per experiment."""
     rows = []
     for (_, run), run_dir in zip(runs.iterrows(), run_dirs, strict=True):
-        local = json.loads((run_dir / "bounds.json").read_text())["local_vs_global"]
+        compared = {row["certifier"]: row for row in json.loads((run_dir / "bounds.json").read_text())["certifiers"]}
+        globally, local = compared["global"], compared["local"]  # bounds_experiment always runs both
         rows.append(
             {
                 "experiment": run["experiment"],
                 "eval_epsilon": run["eval_epsilon"],
                 "points": local["num_points"],
-                "vra_global": local["vra_global"],
-                "vra_local": local["vra_local"],
-                "certified_local_only": local["certified_local_only"],
-                "sec_per_point_global": local["seconds_per_point_global"],
-                "sec_per_point_local": local["seconds_per_point_local"],
-                "local_over_global_time": local["seconds_per_point_local"] / local["seconds_per_point_global"],
+                "vra_global": globally["vra"],
+                "vra_local": local["vra"],
+                "certified_local_only": local["certified_not_by_first"],
+                "sec_per_point_global": globally["sec_per_point"],
+                "sec_per_point_local": local["sec_per_point"],
+                "local_over_global_time": local["sec_per_point"] / globally["sec_per_point"],
                 "forward_points_per_second": run["forward_points_per_second"],
                 "certify_points_per_second": run["certify_points_per_second"],
                 "certify_over_forward_throughput": run["certify_points_per_second"] / run["forward_points_per_second"],
@@ -134,7 +136,7 @@ def comparison_view(table: pd.DataFrame) -> pd.DataFrame:
         {
             "Experiment": table["experiment"],
             "Certifier": table["certifier"],
-            "ε": [radius_text(e) for e in table["epsilon"]],
+            "ε": [radius_label(e) for e in table["epsilon"]],
             "Points": table["num_points"],
             "VRA %": [f"{100 * v:.1f}" for v in table["vra"]],
             "Certified beyond the first": table["certified_not_by_first"],
@@ -270,7 +272,7 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
     view = pd.DataFrame(
         {
             "Data set": table["dataset"],
-            "ε": [radius_text(e) for e in table["epsilon"]],
+            "ε": [radius_label(e) for e in table["epsilon"]],
             "Arch.": table["architecture"],
             "Method": table["method"],
             "Clean %": [percent(row, "clean") for _, row in table.iterrows()],
@@ -285,14 +287,6 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
         }
     )
     return view
-
-
-def radius_text(epsilon: float) -> str:
-    """36/255 for multiples of 1/255, else the number as written (0.3, 1.58)."""
-    steps = float(epsilon) * 255
-    if steps > 0 and abs(steps - round(steps)) < 1e-6 and round(steps) not in (255, 0) and float(epsilon) < 1:
-        return f"{round(steps)}/255"
-    return f"{float(epsilon):g}"
 
 
 def table1_caption(runs: pd.DataFrame, date: str) -> str:

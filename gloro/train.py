@@ -21,7 +21,6 @@ from gloro.certify import create_certifier
 from gloro.certify.bcp import bcp_loss
 from gloro.certify.kw import kw_loss
 from gloro.data.augment import Augmentation, augmentation, augmentations, no_augmentation
-from gloro.evaluate import evaluate
 from gloro.gloro_net import GloroNet
 from gloro.losses import gloro_cross_entropy, gloro_trades
 from gloro.schedules import Constant, Schedule
@@ -123,7 +122,7 @@ def train(
     eval_images: torch.Tensor | None = None,
     eval_labels: torch.Tensor | None = None,
     eval_epsilon: float | None = None,
-    eval_batch_size: int = 1024,
+    eval_batch_size: int | None = None,
     eval_certifier: str = "global",
     scratch: str | os.PathLike | None = None,
 ) -> TrainingHistory:
@@ -137,7 +136,8 @@ def train(
     epoch (sound K, at `eval_epsilon`, default the net's eval ε): rows gain eval_points, eval_epsilon, eval_vra,
     eval_clean_accuracy, eval_rejection_rate and eval_seconds, and the returned history's `best` holds the
     weights of the best-eval-VRA epoch. `eval_certifier` names the certifier of that evaluation
-    (`gloro.certify.list_certifiers()`: a KW or BCP run is evaluated with its own). `on_epoch` sees each row.
+    (`gloro.certify.list_certifiers()`: a KW or BCP run is evaluated with its own), run in batches of
+    `eval_batch_size` (default: the certifier's own). `on_epoch` sees each row.
 
     `scratch`: a file rewritten atomically after every epoch with everything needed to continue (weights,
     iterates, optimizer and RNG state, history); when it exists at the start and was written for the same
@@ -189,12 +189,8 @@ def train(
         }
         if eval_images is not None:
             start = time.perf_counter()
-            if eval_certifier == "global":
-                result = evaluate(net, eval_images, eval_labels, epsilon=eval_epsilon, batch_size=eval_batch_size)
-            else:
-                result = certified_metrics(
-                    create_certifier(eval_certifier), net, eval_images, eval_labels, eval_epsilon
-                )
+            certifier = create_certifier(eval_certifier, batch_size=eval_batch_size)
+            result = certified_metrics(certifier, net, eval_images, eval_labels, eval_epsilon)
             row.update(
                 eval_points=len(eval_labels),
                 eval_epsilon=result["epsilon"],
@@ -230,14 +226,9 @@ def make_optimizer(net: GloroNet, recipe: TrainingRecipe) -> torch.optim.Optimiz
 
 def certified_metrics(certifier, net: GloroNet, images, labels, epsilon: float | None) -> dict:
     """`evaluate`'s numbers (clean accuracy, VRA, rejection rate, ε) from any registered certifier."""
-    certificate = certifier(net, images, epsilon)
-    correct = certificate.predictions == labels.cpu()
-    return {
-        "clean_accuracy": correct.double().mean().item(),
-        "vra": certificate.vra(labels),
-        "rejection_rate": (~certificate.certified).double().mean().item(),
-        "epsilon": certificate.epsilon,
-    }
+    row = certifier(net, images, epsilon).to_row(labels)
+    keys = ("clean_accuracy", "vra", "epsilon")
+    return {**{key: row[key] for key in keys}, "rejection_rate": 1 - row["certified_rate"]}
 
 
 def batch_objective(

@@ -2,7 +2,8 @@
 
 import pytest
 
-from gloro.report import radius_text, significant
+from gloro.evaluate import radius_label
+from gloro.report import significant
 
 
 @pytest.mark.parametrize(
@@ -14,4 +15,4 @@ def test_two_significant_digits_without_exponents(value, text):
 
 
 def test_radii_are_named_as_papers_name_them():
-    assert [radius_text(e) for e in (0.3, 1.58, 36 / 255, 0.1411764705882353)] == ["0.3", "1.58", "36/255", "36/255"]
+    assert [radius_label(e) for e in (0.3, 1.58, 36 / 255, 0.1411764705882353)] == ["0.3", "1.58", "36/255", "36/255"]

@@ -17,6 +17,7 @@ import torch
 from gloro.certificate import Certificate
 from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.margin import certify_logits
+from gloro.precision import exact_arithmetic
 
 # The ℓ2 radii at which papers on certified robustness report VRA for images on the [0, 1] scale.
 STANDARD_RADII: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 255 / 255)
@@ -46,6 +47,7 @@ def evaluate(
 
 
 @torch.no_grad()
+@exact_arithmetic()
 def certify_all(
     net: GloroNet, images: torch.Tensor, epsilon: float | None = None, batch_size: int = 1024
 ) -> Certificate:
@@ -55,11 +57,15 @@ def certify_all(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = net.training
     net.eval()
+    net.check_domain(images)
     try:
         device = net.head.weight.device
-        margin_lipschitz = net.lipschitz_constant(sound=True)
+        constants = net.sound_constants()
         parts = [
-            certify_logits(net.predict_clean(x.to(device)), margin_lipschitz, epsilon) for x in images.split(batch_size)
+            certify_logits(
+                net.predict_clean(x.to(device)), constants.margin_lipschitz, epsilon, offsets=constants.offsets
+            )
+            for x in images.split(batch_size)
         ]
     finally:
         net.train(was_training)
@@ -153,6 +159,7 @@ def lipschitz_summary(net: GloroNet) -> dict:
 
 
 @torch.no_grad()
+@exact_arithmetic()
 def certification_report(
     net: GloroNet,
     images: torch.Tensor,
@@ -178,18 +185,20 @@ def certification_report(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if radii is None:
         radii = STANDARD_RADII if len(net.input_shape) == 3 else ()
+    net.check_domain(images)
     was_training = net.training
     net.eval()
     device = net.head.weight.device
     try:
         synchronize(device)
         start = time.perf_counter()
-        margin_lipschitz = net.lipschitz_constant(sound=True)
+        constants = net.sound_constants()
+        margin_lipschitz, offsets = constants.margin_lipschitz, constants.offsets
         synchronize(device)
         constants_seconds = time.perf_counter() - start
         warm = images[:batch_size].to(device)
         net.model(warm)
-        certify_logits(net.predict_clean(warm), margin_lipschitz, epsilon)
+        certify_logits(net.predict_clean(warm), margin_lipschitz, epsilon, offsets=offsets)
         forward_seconds = certify_seconds = 0.0
         parts = []
         for x in images.split(batch_size):
@@ -199,7 +208,7 @@ def certification_report(
             net.model(x)
             synchronize(device)
             middle = time.perf_counter()
-            parts.append(certify_logits(net.predict_clean(x), margin_lipschitz, epsilon))
+            parts.append(certify_logits(net.predict_clean(x), margin_lipschitz, epsilon, offsets=offsets))
             synchronize(device)
             forward_seconds += middle - start
             certify_seconds += time.perf_counter() - middle

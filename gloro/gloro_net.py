@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from gloro.certificate import Certificate
+from gloro.forward_error import ForwardError, forward_error
 from gloro.lipschitz import ConstantBound, bound_for
-from gloro.margin import certify_logits, head_distances, with_bottom
+from gloro.margin import certify_logits, head_distances, sound_margin_lipschitz, with_bottom
+from gloro.outward import product_up
+from gloro.precision import exact_arithmetic
 
 
 def flatten_sequential(model: nn.Module) -> list[nn.Module]:
@@ -45,6 +49,24 @@ def layer_input_shapes(layers: Sequence[nn.Module], input_shape: Sequence[int]) 
     return shapes
 
 
+@dataclass(frozen=True, eq=False)
+class SoundConstants:
+    """What a certificate rests on: K (a float64 number), K_ij and the rounding offsets O_ij (m×m float64)."""
+
+    sub_lipschitz: float
+    margin_lipschitz: torch.Tensor
+    offsets: torch.Tensor
+    forward_error: ForwardError
+
+
+def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
+    """The input box [lo, hi] the floating-point error bound covers: finite, lo ≤ hi."""
+    lo, hi = (float(v) for v in input_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"input_range must be two finite numbers lo <= hi, got {tuple(input_range)}")
+    return lo, hi
+
+
 def check_epsilon(epsilon: float) -> float:
     """ε must be a finite, non-negative number."""
     value = float(epsilon)
@@ -70,12 +92,15 @@ class GloroNet(nn.Module):
         eval_epsilon: float | None = None,
         power_iterations: int = 10,
         seed: int = 0,
+        input_range: Sequence[float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
         layers = flatten_sequential(model)
         if not layers or type(layers[-1]) is not nn.Linear:
             last = type(layers[-1]).__name__ if layers else "nothing"
             raise TypeError(f"GloroNet needs a model whose last layer is nn.Linear (the logit layer), got {last}")
+        if layers[-1].out_features < 1:
+            raise ValueError("GloroNet needs a logit layer with at least one class, got nn.Linear(out_features=0)")
         if power_iterations < 0:
             raise ValueError(f"power_iterations must be >= 0, got {power_iterations}")
         architecture = getattr(model, "architecture", None)
@@ -84,6 +109,7 @@ class GloroNet(nn.Module):
         self.model = model
         self.layers = layers
         self.input_shape = tuple(int(n) for n in input_shape)
+        self.input_range = check_input_range(input_range)
         self.epsilon = epsilon
         self.eval_epsilon = epsilon if eval_epsilon is None else eval_epsilon
         self.power_iterations = int(power_iterations)
@@ -92,7 +118,8 @@ class GloroNet(nn.Module):
         self.bounds = nn.ModuleList(bound_for(layer, shape, generator) for layer, shape in zip(layers[:-1], shapes))
         self.constant_factor = math.prod(b.sound_value for b in self.bounds if isinstance(b, ConstantBound))
         self.metadata: dict = {}
-        self.register_buffer("frozen_margin_lipschitz", None, persistent=False)
+        self.frozen_constants: SoundConstants | None = None
+        self.frozen_weights: list[torch.Tensor] = []
 
     @property
     def architecture(self):
@@ -128,7 +155,7 @@ class GloroNet(nn.Module):
 
     @property
     def frozen(self) -> bool:
-        return self.frozen_margin_lipschitz is not None
+        return self.frozen_constants is not None
 
     def check_input(self, x: torch.Tensor) -> None:
         """Reject a batch whose example shape differs from the shape the bounds were computed for."""
@@ -136,6 +163,15 @@ class GloroNet(nn.Module):
             raise ValueError(
                 f"expected inputs of shape (batch, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}; "
                 "the Lipschitz bounds hold for the input shape given at construction"
+            )
+
+    def check_domain(self, x: torch.Tensor) -> None:
+        """Reject points outside `input_range`, where the forward-error bound of a certificate does not hold."""
+        lo, hi = self.input_range
+        if len(x) and not bool(((x >= lo) & (x <= hi)).all()):
+            raise ValueError(
+                f"inputs to certify must lie in [{lo}, {hi}] (got values in [{float(x.min())}, {float(x.max())}]): "
+                "the floating-point error bound covers that box; build the GloroNet with input_range= to change it"
             )
 
     def layer_bounds(self, sound: bool = False) -> list[torch.Tensor]:
@@ -146,31 +182,56 @@ class GloroNet(nn.Module):
         return [bound.estimate(layer, iterations) for bound, layer in zip(self.bounds, self.layers)]
 
     def sub_lipschitz(self, sound: bool = False) -> torch.Tensor:
-        """K: the product of the bounds of all layers but the last."""
+        """K: the product of the bounds of all layers but the last (sound: each product rounded up)."""
         values = self.layer_bounds(sound)
         if sound:
-            factor, dtype = 1.0, torch.float64
-        else:  # fixed constants (activations, pooling) enter as one number: fewer nodes for backward to walk
-            values = [value for value, bound in zip(values, self.bounds) if not isinstance(bound, ConstantBound)]
-            factor, dtype = self.constant_factor, self.head.weight.dtype
-        product = torch.tensor(factor, dtype=dtype, device=self.head.weight.device)
+            return torch.tensor(product_up(values), dtype=torch.float64, device=self.head.weight.device)
+        # fixed constants (activations, pooling) enter as one number: fewer nodes for backward to walk
+        values = [value for value, bound in zip(values, self.bounds) if not isinstance(bound, ConstantBound)]
+        product = torch.tensor(self.constant_factor, dtype=self.head.weight.dtype, device=self.head.weight.device)
         for value in values:
             product = product * value
         return product
 
+    def sound_constants(self, fresh: bool = False) -> SoundConstants:
+        """K, K_ij and the forward-error offsets O_ij at the current weights: the frozen ones after `freeze()`
+        (checked against the weights) unless `fresh`."""
+        if self.frozen and not fresh:
+            self.check_not_stale()
+            return self.frozen_constants
+        with torch.no_grad(), exact_arithmetic():
+            norms = [float(value) for value in self.layer_bounds(sound=True)]
+            sub = product_up(norms)
+            error = forward_error(
+                self.layers,
+                layer_input_shapes(self.layers, self.input_shape),
+                norms,
+                self.input_range,
+                self.head.weight.dtype,
+            )
+            distances = head_distances(self.head.weight, exact=True)
+        return SoundConstants(
+            sub, sound_margin_lipschitz(sub, self.head.weight), error.margin_offsets(distances), error
+        )
+
     def lipschitz_constant(self, sound: bool = True) -> torch.Tensor:
-        """The m×m matrix K_ij = K·‖w_i − w_j‖₂ (sound: float64, exact distances; else the training estimate)."""
-        if self.frozen and sound:
-            return self.frozen_margin_lipschitz
+        """The m×m matrix K_ij = K·‖w_i − w_j‖₂ (sound: float64, rounded up; else the training estimate)."""
+        if sound:
+            return self.sound_constants().margin_lipschitz
         return self.sub_lipschitz(sound) * head_distances(self.head.weight, exact=sound)
 
+    def margin_offsets(self) -> torch.Tensor:
+        """O_ij: what certification subtracts from each gap y_j − y_i for the rounding of the forward pass."""
+        return self.sound_constants().offsets
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The m+1 logits [y, y_⊥] at `self.epsilon`."""
+        """The m+1 logits [y, y_⊥] at `self.epsilon` (after `freeze()`, y_⊥ includes the rounding offsets)."""
         self.check_input(x)
         if self.frozen:
             if self.training:
                 raise RuntimeError("this GloroNet is frozen; call unfreeze() before training it")
-            return with_bottom(self.model(x), self.frozen_margin_lipschitz, self.epsilon)
+            constants = self.sound_constants()
+            return with_bottom(self.model(x), constants.margin_lipschitz, self.epsilon, constants.offsets)
         return with_bottom(self.model(x), self.lipschitz_constant(sound=False), self.epsilon)
 
     def predict_clean(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,11 +242,15 @@ class GloroNet(nn.Module):
     def certify(self, x: torch.Tensor, epsilon: float | None = None) -> Certificate:
         """Predictions, the certified mask at ε (default `eval_epsilon`) and each point's certified radius.
 
-        Uses sound constants: frozen ones after `freeze()`, otherwise computed on this call.
+        Uses sound constants (frozen ones after `freeze()`, otherwise computed on this call) and runs the
+        forward pass in IEEE arithmetic whatever autocast or TF32 settings are on (`exact_arithmetic`).
         """
         radius = self.eval_epsilon if epsilon is None else check_epsilon(epsilon)
-        with torch.no_grad():
-            return certify_logits(self.predict_clean(x), self.lipschitz_constant(sound=True), radius)
+        self.check_domain(x)
+        constants = self.sound_constants()
+        with torch.no_grad(), exact_arithmetic():
+            logits = self.predict_clean(x)
+            return certify_logits(logits, constants.margin_lipschitz, radius, offsets=constants.offsets)
 
     @torch.no_grad()
     def converge(self, tol: float = 1e-4, max_iterations: int = 10_000, check_every: int = 10) -> torch.Tensor:
@@ -208,16 +273,33 @@ class GloroNet(nn.Module):
         return torch.tensor(previous)
 
     def freeze(self, tol: float = 1e-4) -> GloroNet:
-        """Converge, compute the sound K_ij once, and switch to eval: inference is then one forward pass."""
+        """Converge, compute the sound constants once, and switch to eval: inference is then one forward pass.
+
+        A copy of the weights is kept: certifying after any of them changed raises instead of using stale K_ij.
+        """
         self.converge(tol)
         self.eval()
-        with torch.no_grad():
-            self.frozen_margin_lipschitz = self.lipschitz_constant(sound=True)
+        self.frozen_constants = None
+        self.frozen_constants = self.sound_constants()
+        self.frozen_weights = [p.detach().clone() for p in self.model.parameters()]
         return self
+
+    def check_not_stale(self) -> None:
+        """Raise if a weight changed (values, dtype, device or shape) since `freeze()`."""
+        current = list(self.model.parameters())
+        same = len(current) == len(self.frozen_weights) and all(
+            p.dtype == q.dtype and p.device == q.device and p.shape == q.shape and torch.equal(p.detach(), q)
+            for p, q in zip(current, self.frozen_weights)
+        )
+        if not same:
+            raise RuntimeError(
+                "the weights changed after freeze(): its K_ij no longer bound this net; call freeze() again"
+            )
 
     def unfreeze(self) -> GloroNet:
         """Drop the frozen constants so that training can continue."""
-        self.frozen_margin_lipschitz = None
+        self.frozen_constants = None
+        self.frozen_weights = []
         return self
 
     def bound_report(self) -> list[dict]:

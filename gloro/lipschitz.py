@@ -2,16 +2,16 @@
 
 Power iteration approaches a spectral norm from below, so it is what training uses (cheap, differentiable,
 its iterate kept as a buffer so it persists across steps and in checkpoints) but never what a certificate
-rests on. The sound bound is exact for Linear (SVD) and, for Conv2d and AvgPool2d, either an exact SVD of
-the explicit operator at the layer's real input shape (when small) or the polyphase circulant bound of
-`conv2d_circulant_bound`, which is provably never below the true norm.
+rests on. The sound bound is the spectral norm proven from above (`gloro.outward`) of the Linear weight or, for
+Conv2d and AvgPool2d, of the explicit operator at the layer's real input shape (when small), else the
+polyphase circulant bound of `conv2d_circulant_bound`, which is never below the true norm.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch.nn.modules.utils import _pair
 
 from gloro import native
 from gloro.layers import MinMax
+from gloro.outward import U64, gamma, norm_up, spectral_norm_upper, up
 
 # Explicit operators up to this many entries (in x out) are bounded by an exact eigen-decomposition.
 EXPLICIT_OPERATOR_MAX_ENTRIES = 1 << 24
@@ -171,7 +172,7 @@ class LinearBound(PowerIterationBound):
         native.linear_advance(self.iterate, weight, iterations, RESCALE_EVERY)
 
     def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.matrix_norm(weight.double(), ord=2)
+        return torch.tensor(spectral_norm_upper(weight.cpu()), dtype=torch.float64, device=weight.device)
 
 
 class Conv2dBound(PowerIterationBound):
@@ -319,15 +320,18 @@ def conv_output_hw(
     return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(input_hw, kernel, stride, padding))
 
 
-def explicit_operator_norm(
-    operator: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int], device: torch.device | None = None
+def explicit_conv_matrix(
+    weight: torch.Tensor, input_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int]
 ) -> torch.Tensor:
-    """Exact ‖A‖₂ of a linear map by building its matrix (float64) and an eigen-decomposition of its Gram."""
-    n_in = math.prod(input_shape)
-    basis = torch.eye(n_in, dtype=torch.float64, device=device).view(n_in, *input_shape)
-    matrix = operator(basis).flatten(1)  # row i = A e_i, so this is Aᵀ
-    gram = matrix.T @ matrix if matrix.shape[1] < n_in else matrix @ matrix.T
-    return torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt()
+    """The conv's matrix at input shape (C, H, W), (C_out·L) × (C·H·W), by placing each weight where im2col
+    reads it: every entry is a weight or zero, exactly, whatever convolution kernel the device would use."""
+    w = weight.detach().double().cpu()
+    columns, _ = im2col_indices(input_shape, w.shape[2:], stride, padding)  # (C·kh·kw, L), n for padding
+    n, (patch, positions) = math.prod(input_shape), columns.shape
+    matrix = torch.zeros(len(w), positions, n + 1, dtype=torch.float64)
+    values = w.reshape(len(w), 1, patch).expand(len(w), positions, patch)
+    matrix.scatter_(2, columns.t().reshape(1, positions, patch).expand(len(w), -1, -1), values)
+    return matrix[..., :n].reshape(len(w) * positions, n)
 
 
 def conv2d_circulant_bound(
@@ -337,31 +341,47 @@ def conv2d_circulant_bound(
 
     A stride-s conv equals a stride-1 conv on the space-to-depth (polyphase) input with C·s² channels; the
     zero-padded input embeds isometrically into an N×N torus large enough that no nonzero tap wraps, so the
-    conv is a restriction of a circular conv, whose norm is max over DFT frequencies of σ_max(K̂(ω)).
+    conv is a restriction of a circular conv, whose norm is max over DFT frequencies of σ_max(K̂(ω)). The
+    transforms are taken directly (a few taps each), so their rounding can be bounded and added.
     """
-    w = weight.detach().double()
+    w = weight.detach().double().cpu()
     out_ch, in_ch, kh, kw = w.shape
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     taps_h, taps_w = math.ceil(kh / sh), math.ceil(kw / sw)
     w = F.pad(w, (0, taps_w * sw - kw, 0, taps_h * sh - kh))
     w = w.view(out_ch, in_ch, taps_h, sh, taps_w, sw).permute(0, 1, 3, 5, 2, 4)
-    w = w.reshape(out_ch, in_ch * sh * sw, taps_h, taps_w)
+    w = w.reshape(out_ch, in_ch * sh * sw, taps_h * taps_w)
     n_h = max(math.ceil((input_hw[0] + 2 * ph) / sh), taps_h)
     n_w = max(math.ceil((input_hw[1] + 2 * pw) / sw), taps_w)
-    spectrum = torch.fft.fft2(w, s=(n_h, n_w)).permute(2, 3, 0, 1)
-    return torch.linalg.matrix_norm(spectrum, ord=2).max()
+    taps = torch.cartesian_prod(torch.arange(taps_h), torch.arange(taps_w))
+    frequencies = torch.cartesian_prod(torch.arange(n_h), torch.arange(n_w))
+    # the phase as an exact integer fraction of a full turn, so the only rounding is in the angle and cos/sin
+    turns = frequencies[:, None, 0] * taps[None, :, 0] * n_w + frequencies[:, None, 1] * taps[None, :, 1] * n_h
+    angle = (turns % (n_h * n_w)).double() * (2 * math.pi / (n_h * n_w))
+    twiddle = torch.polar(torch.ones_like(angle), -angle)  # (frequencies, taps)
+    # each twiddle within 64u of e^{-iθ} (angle and cos/sin, a few ulps each); then a T-term complex sum
+    per_weight = 2 * gamma(2 * taps.shape[0] + 4, U64) + 64 * U64
+    entry_error = up(per_weight * norm_up(w.abs().sum(-1)))
+    matrix = w.reshape(out_ch * w.shape[1], -1).to(torch.complex128)
+    bound = 0.0
+    for chunk in twiddle.split(max(1, (1 << 22) // max(1, matrix.shape[0]))):
+        spectrum = (matrix @ chunk.mT).view(out_ch, w.shape[1], -1).permute(2, 0, 1)
+        bound = max(bound, spectral_norm_upper(spectrum, entry_error))
+    return torch.tensor(bound, dtype=torch.float64)
 
 
 def conv2d_sound_norm(
     weight: torch.Tensor, input_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int]
 ) -> torch.Tensor:
-    """Sound ‖conv‖₂ at input shape (C, H, W): exact when the explicit operator is small, else circulant."""
-    w = weight.detach().double()
+    """Sound ‖conv‖₂ at input shape (C, H, W): the explicit matrix's when small, else the circulant bound."""
+    w = weight.detach()
     out_hw = conv_output_hw(input_shape[1:], w.shape[2:], stride, padding)
     entries = math.prod(input_shape) * w.shape[0] * math.prod(out_hw)
     if entries <= EXPLICIT_OPERATOR_MAX_ENTRIES:
-        return explicit_operator_norm(lambda x: F.conv2d(x, w, None, stride, padding), input_shape, w.device)
-    return conv2d_circulant_bound(w, input_shape[1:], stride, padding)
+        bound = spectral_norm_upper(explicit_conv_matrix(w, input_shape, stride, padding))
+    else:
+        bound = float(conv2d_circulant_bound(w, input_shape[1:], stride, padding))
+    return torch.tensor(bound, dtype=torch.float64, device=w.device)
 
 
 def avg_pool2d_norm(layer: nn.AvgPool2d, input_shape: Sequence[int]) -> float:
@@ -376,7 +396,7 @@ def avg_pool2d_norm(layer: nn.AvgPool2d, input_shape: Sequence[int]) -> float:
             "(or no padding) is a fixed linear map that can be bounded"
         )
     kh, kw = _pair(layer.kernel_size)
-    kernel = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
+    kernel = torch.full((1, 1, kh, kw), up(1.0 / (kh * kw)), dtype=torch.float64)  # ≥ 1/k²: the norm can only grow
     stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
     return float(conv2d_sound_norm(kernel, (1, *input_shape[1:]), stride, _pair(layer.padding)))
 

@@ -41,11 +41,13 @@ from gloro.certificate import Certificate
 from gloro.gloro_net import GloroNet, check_epsilon, layer_input_shapes
 from gloro.layers import MinMax
 from gloro.lipschitz import UnsupportedLayerError, conv_padding
-from gloro.margin import certify_logits, head_distances
+from gloro.margin import certify_logits
 
 # A ReLU counts as off on the ball only when its pre-activation upper bound is below −OFF_TOLERANCE: a margin far
 # above float64 rounding in these bound computations.
 OFF_TOLERANCE = 1e-9
+# CROWN widens each pre-activation bound by this many u per summed term, times the magnitude summed
+CROWN_ROUNDING = 16 * torch.finfo(torch.float64).eps
 # Masked operators whose explicit matrix has at most this many entries get an exact SVD; larger ones a fallback.
 LOCAL_EXPLICIT_MAX_ENTRIES = 1 << 23
 # Points per chunk of masked head differences are chosen so a chunk holds at most this many float64 entries (128 MiB).
@@ -190,8 +192,9 @@ class LocalPlan:
         shapes = layer_input_shapes(net.layers, net.input_shape)
         with torch.no_grad():
             global_bounds = net.layer_bounds(sound=True)
-            # computed afresh from the weights, never a frozen copy
-            self.global_margin_lipschitz = net.sub_lipschitz(sound=True) * head_distances(net.head.weight, exact=True)
+            constants = net.sound_constants(fresh=True)  # computed afresh from the weights, never a frozen copy
+            self.global_margin_lipschitz = constants.margin_lipschitz
+            self.offsets = constants.offsets
         self.operators: dict[int, AffineOperator] = {}
         self.relu_units = 0
         for index, layer in enumerate(self.body):
@@ -278,10 +281,13 @@ def certify_local(
 ) -> LocalCertificate:
     """Certify each point of `x` at ε (default the net's eval ε) with its local bound K^local_ij."""
     epsilon = net.eval_epsilon if epsilon is None else check_epsilon(epsilon)
+    plan = LocalPlan(net) if plan is None else plan
     bounds = local_lipschitz(net, x, epsilon, plan)
-    logits = net.predict_clean(x.to(net.head.weight.device)).detach().double()
-    top_value, top = logits.max(dim=1)
-    gaps = top_value[:, None] - logits
+    logits = net.predict_clean(x.to(net.head.weight.device)).detach()
+    top = logits.argmax(dim=1)
+    logits = logits.double()
+    gaps = logits.gather(1, top[:, None]) - logits - plan.offsets.to(logits.device)[top]
+    gaps = torch.where(torch.isfinite(logits).all(1, keepdim=True), gaps, -math.inf)
     local = bounds.margin_lipschitz[torch.arange(len(top), device=top.device), top]
     # a zero K^local_ij (the margin is constant on the ball) with a non-negative gap certifies: r = ∞
     ratios = torch.where(local > 0, gaps / local, torch.where(gaps >= 0, math.inf, -math.inf))
@@ -343,6 +349,15 @@ def relu_relaxation(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Ten
     return lower_slope, slope, intercept
 
 
+def crown_tolerance(
+    weight: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, magnitude: torch.Tensor
+) -> torch.Tensor:
+    """How far float64 rounding can have moved a unit's pre-activation bounds: a multiple of u·n times the
+    scale of what was summed (|W| times the input magnitude, the bias, the bounds themselves)."""
+    scale = weight.abs().sum(1) * magnitude[:, None] + bias.abs() + lower.abs() + upper.abs()
+    return CROWN_ROUNDING * weight.shape[1] * scale
+
+
 def back_substitute(
     coefficients: torch.Tensor,
     steps: list[tuple[torch.Tensor, torch.Tensor, bool]],
@@ -385,6 +400,7 @@ def certify_crown(
     center = x.detach().double().flatten(1)
     n = len(center)
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
+    previous = center.abs().amax(1)  # a bound on the magnitude of each layer's inputs
     for k, (weight, bias, _) in enumerate(steps[:-1]):
         if k == 0:  # the first layer's exact bounds on the ball
             z = center @ weight.T + bias
@@ -395,15 +411,22 @@ def certify_crown(
             lower = back_substitute(coefficients, steps[:k], bounds, center, epsilon, upper=False) + bias
             upper = back_substitute(coefficients, steps[:k], bounds, center, epsilon, upper=True) + bias
         known_lower, known_upper = lipschitz_bounds[k]
-        bounds.append((torch.maximum(lower, known_lower.flatten(1)), torch.minimum(upper, known_upper.flatten(1))))
-    logits = net.predict_clean(x).detach().double()
-    predictions = logits.argmax(1)
+        lower, upper = torch.maximum(lower, known_lower.flatten(1)), torch.minimum(upper, known_upper.flatten(1))
+        # widened by what float64 rounding of the bounds can have moved them, so that no ReLU is taken for
+        # off (or on) because its bound was rounded across 0
+        tolerance = crown_tolerance(weight, bias, lower, upper, previous)
+        bounds.append((lower - tolerance, upper + tolerance))
+        previous = torch.maximum(lower.abs(), upper.abs()).amax(1)
+    clean = net.predict_clean(x).detach()
+    predictions = clean.argmax(1)
     head_weight, head_bias, _ = steps[-1]
     specification = head_weight[predictions][:, None, :] - head_weight[None, :, :]  # rows w_j − w_i
     specification_bias = head_bias[predictions][:, None] - head_bias[None, :]
     margins = back_substitute(specification, steps[:-1], bounds, center, epsilon, upper=False) + specification_bias
     margins = margins.scatter(1, predictions[:, None], math.inf)
-    certified = (margins > 0).all(1)
+    # the float net's margin at any point of the ball is within O_ij / 2 of the exact one
+    half_offsets = plan.offsets.to(margins.device)[predictions] / 2
+    certified = (margins - half_offsets > 0).all(1) & torch.isfinite(clean).all(1)
     return CrownCertificate(
         predictions, certified, None, epsilon, "crown", margin_lower_bounds=margins, pre_activation=tuple(bounds)
     )
@@ -436,13 +459,13 @@ def compare_local_global(
     net.eval()
     with torch.no_grad():
         start = time.perf_counter()
-        sub_lipschitz = net.sub_lipschitz(sound=True)  # computed afresh, never a frozen copy
-        global_k = sub_lipschitz * head_distances(net.head.weight, exact=True)
+        constants = net.sound_constants(fresh=True)  # computed afresh, never a frozen copy
+        sub_lipschitz, global_k = constants.sub_lipschitz, constants.margin_lipschitz
         global_setup = time.perf_counter() - start
         global_parts, global_seconds = [], []
         for batch in x.split(batch_size):
             start = time.perf_counter()
-            global_parts.append(certify_logits(net.predict_clean(batch), global_k, epsilon))
+            global_parts.append(certify_logits(net.predict_clean(batch), global_k, epsilon, offsets=constants.offsets))
             global_seconds += [(time.perf_counter() - start) / len(batch)] * len(batch)
         start = time.perf_counter()
         plan = LocalPlan(net)

@@ -2,48 +2,82 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from gloro import native
 from gloro.certificate import Certificate
+from gloro.outward import U64, gamma
+
+SLACK = 2 * torch.finfo(torch.float64).eps  # 4u: covers the rounding of a gap and of its offset difference
 
 
 def head_distances(weight: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """‖w_i − w_j‖₂ for all pairs of rows of the last layer's weight (m×d → m×m), as one differentiable op.
 
     Training lets `cdist` pick its fast form (a Gram matmul past 25 rows); `exact=True` sums the squared
-    differences in float64 without forming the m×m×d tensor, which certification uses.
+    differences in float64 without forming the m×m×d tensor and rounds the result up (γ_{d+3} covers the
+    differences, squares, sum and root), which certification uses.
     """
     if exact:
         w = weight.detach().double()
-        return torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist")
+        distances = torch.cdist(w, w, compute_mode="donot_use_mm_for_euclid_dist")
+        inflated = distances * (1 + gamma(w.shape[1] + 3, U64))
+        return torch.nextafter(inflated, torch.full_like(inflated, math.inf)).fill_diagonal_(0.0)
     return torch.cdist(weight, weight)
 
 
-def bottom_logit(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """y_⊥ = max_{i≠j} (y_i + ε·K_ij) with j = argmax y; `margin_lipschitz` is the m×m matrix K_ij."""
+def sound_margin_lipschitz(sub_lipschitz: float, weight: torch.Tensor) -> torch.Tensor:
+    """K_ij = K·‖w_i − w_j‖ rounded up, for a sound K (a float64 number) and the head's weight."""
+    product = float(sub_lipschitz) * head_distances(weight, exact=True)
+    return torch.nextafter(product, torch.full_like(product, math.inf)).fill_diagonal_(0.0)
+
+
+def bottom_logit(
+    logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float, offsets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y_⊥ = max_{i≠j} (y_i + ε·K_ij + O_ij) with j = argmax y; K_ij m×m, O_ij the rounding offsets (if any)."""
     top = logits.argmax(dim=1)
-    shifted = logits + (epsilon * margin_lipschitz.to(logits.dtype))[top]  # ε scales m² entries, not N·m
+    shift = epsilon * margin_lipschitz  # ε scales m² entries, not N·m
+    if offsets is not None:
+        shift = shift + offsets
+    shifted = logits + shift.to(logits.dtype)[top]
     shifted = shifted.scatter(1, top[:, None], float("-inf"))
     return shifted.max(dim=1).values
 
 
-def with_bottom(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float) -> torch.Tensor:
+def with_bottom(
+    logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float, offsets: torch.Tensor | None = None
+) -> torch.Tensor:
     """The m+1 GloRo logits [y, y_⊥]."""
-    return torch.cat((logits, bottom_logit(logits, margin_lipschitz, epsilon)[:, None]), dim=1)
+    return torch.cat((logits, bottom_logit(logits, margin_lipschitz, epsilon, offsets)[:, None]), dim=1)
 
 
-def certify_logits(logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float) -> Certificate:
-    """Certify in float64: radius = min_{i≠j} (y_j − y_i)/K_ij; certified ⇔ radius ≥ ε ⇔ y_j ≥ y_⊥.
+def certify_logits(
+    logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float, *, offsets: torch.Tensor
+) -> Certificate:
+    """Certify in float64: radius = min_{i≠j} (y_j − y_i − O_ij)/K_ij rounded down; certified ⇔ radius ≥ ε.
 
-    float32 logits on the CPU take `gloro.native.certify`, one compiled pass with the same operations.
+    O_ij (`ForwardError.margin_offsets`) covers the rounding of the forward pass, so the radius holds for
+    the exact net and for the float one; a row with a non-finite logit gets radius −inf. A negative radius
+    means "not certified", not a distance. float32 logits on the CPU take `gloro.native.certify`, one
+    compiled pass with the same operations.
     """
-    compiled = native.certify(logits, margin_lipschitz, epsilon)
+    if logits.dim() != 2 or logits.shape[1] == 0:
+        raise ValueError(f"certify_logits needs (N, classes) logits with at least one class, got {tuple(logits.shape)}")
+    compiled = native.certify(logits, margin_lipschitz, offsets, epsilon)
     if compiled is not None:
         predictions, certified, radius = compiled
         return Certificate(predictions, certified, radius, float(epsilon), "global")
     y = logits.detach().double()
-    top_value, top = y.max(dim=1)
-    gaps = (top_value[:, None] - y) / margin_lipschitz.double()[top]
-    radius = gaps.scatter_(1, top[:, None], float("inf")).min(dim=1).values
+    top = logits.detach().argmax(dim=1)
+    top_value = y.gather(1, top[:, None])
+    gap = top_value - y
+    low = gap - offsets.double()[top]
+    low = low - SLACK * (gap.abs() + low.abs())
+    ratio = low / margin_lipschitz.double()[top]
+    ratio = torch.nextafter(ratio, torch.full_like(ratio, -math.inf))
+    radius = ratio.scatter_(1, top[:, None], math.inf).min(dim=1).values
+    radius = torch.where(torch.isfinite(y).all(dim=1), radius, -math.inf)
     return Certificate(top, radius >= epsilon, radius, float(epsilon), "global")

@@ -32,7 +32,7 @@ CONV_ARGUMENTS = (POINTER,) * 4 + (INT, INT, POINTER, INT, POINTER, INT, INT, IN
 SIGNATURES = {  # argument types of the library's entry points (see the C sources)
     "gloro_linear_advance": (POINTER, POINTER, POINTER, INT, INT, INT, INT),
     "gloro_conv_advance": CONV_ARGUMENTS,
-    "gloro_certify": (POINTER, INT, INT, POINTER, ctypes.c_double, POINTER, POINTER, POINTER),
+    "gloro_certify": (POINTER, INT, INT, POINTER, POINTER, ctypes.c_double, POINTER, POINTER, POINTER),
 }
 
 
@@ -173,26 +173,37 @@ def native_indices(columns: torch.Tensor, fold: torch.Tensor) -> tuple[torch.Ten
 
 
 def certify(
-    logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float
+    logits: torch.Tensor, margin_lipschitz: torch.Tensor, offsets: torch.Tensor, epsilon: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Predictions, certified mask and radii as `margin.certify_logits` defines them, for float32 logits and a
-    float64 m×m K_ij on the CPU; None where this does not apply (other dtypes or devices, no library, or a
-    non-finite logit), so the caller computes them with PyTorch."""
+    """Predictions, certified mask and radii as `margin.certify_logits` defines them, for float32 logits and
+    float64 m×m K_ij and O_ij on the CPU; None where this does not apply (other dtypes or devices, or no
+    library), so the caller computes them with PyTorch."""
+    square = (logits.shape[1], logits.shape[1]) if logits.dim() == 2 else None
     if not (
         logits.dim() == 2
-        and margin_lipschitz.shape == (logits.shape[1], logits.shape[1])
-        and logits.device.type == margin_lipschitz.device.type == "cpu"
+        and margin_lipschitz.shape == offsets.shape == square
+        and logits.device.type == margin_lipschitz.device.type == offsets.device.type == "cpu"
         and logits.dtype == torch.float32
-        and margin_lipschitz.dtype == torch.float64
+        and margin_lipschitz.dtype == offsets.dtype == torch.float64
         and library() is not None
     ):
         return None
-    y, k = logits.detach().contiguous(), margin_lipschitz.detach().contiguous()
+    y, k, o = logits.detach().contiguous(), margin_lipschitz.detach().contiguous(), offsets.detach().contiguous()
     classes = y.shape[1]
     top = torch.empty(len(y), dtype=torch.int64)
     radius = torch.empty(len(y), dtype=torch.float64)
     certified = torch.empty(len(y), dtype=torch.bool)
     status = library().gloro_certify(
-        y.data_ptr(), len(y), classes, k.data_ptr(), epsilon, top.data_ptr(), radius.data_ptr(), certified.data_ptr()
+        y.data_ptr(),
+        len(y),
+        classes,
+        k.data_ptr(),
+        o.data_ptr(),
+        epsilon,
+        top.data_ptr(),
+        radius.data_ptr(),
+        certified.data_ptr(),
     )
-    return None if status else (top, certified, radius)
+    if status:
+        raise ValueError(f"certify needs logits with at least one class, got {classes}")
+    return top, certified, radius

@@ -1,5 +1,6 @@
 """The compiled power iteration against the PyTorch loops it replaces on the CPU, and how it is built."""
 
+import math
 import os
 
 import pytest
@@ -141,11 +142,11 @@ def test_compiled_conv_estimates_have_the_pytorch_value_and_gradient(case, seed,
     assert torch.allclose(compiled_gradient, layer.weight.grad, atol=1e-5)
 
 
-def torch_certificate(logits, lipschitz, epsilon, monkeypatch):
+def torch_certificate(logits, lipschitz, offsets, epsilon, monkeypatch):
     """margin.certify_logits with the compiled margin switched off."""
     with monkeypatch.context() as patch:
         patch.setattr(native, "library", lambda: None)
-        return certify_logits(logits, lipschitz, epsilon)
+        return certify_logits(logits, lipschitz, epsilon, offsets=offsets)
 
 
 @needs_library
@@ -156,27 +157,49 @@ def test_compiled_certificates_are_the_pytorch_certificates_bit_for_bit(classes,
     logits = torch.randn(500, classes) * 3
     if logits_kind == "ties":  # several classes share the top logit: the first one is the prediction
         logits = torch.randint(0, 3, (500, classes)).float()
-    elif logits_kind == "non_finite":
+    elif logits_kind == "non_finite":  # NaN first, NaN later, +inf and −inf: each row is the compiled path's own
         logits[::7, 0], logits[3::7, -1], logits[5::7, 0] = float("nan"), float("inf"), float("-inf")
+        logits[6::7, classes // 2] = float("nan")
     weights = torch.randn(classes, 6, dtype=torch.float64)
     weights[classes // 2] = weights[0]  # two identical head rows: K_ij = 0, an infinite radius between them
     lipschitz = 1.7 * torch.cdist(weights, weights)
+    offsets = torch.rand(classes, classes, dtype=torch.float64) * 1e-3
     outcomes = set()
     for epsilon in (0.0, 0.3, 2.0):
-        compiled = certify_logits(logits, lipschitz, epsilon)
+        assert native.certify(logits, lipschitz, offsets, epsilon) is not None  # the compiled path ran
+        compiled = certify_logits(logits, lipschitz, epsilon, offsets=offsets)
         outcomes.update(compiled.certified.tolist())
-        reference = torch_certificate(logits, lipschitz, epsilon, monkeypatch)
+        reference = torch_certificate(logits, lipschitz, offsets, epsilon, monkeypatch)
         assert torch.equal(compiled.predictions, reference.predictions)
+        assert torch.equal(compiled.predictions, logits.argmax(1))
         assert torch.equal(compiled.certified, reference.certified)
         assert torch.equal(compiled.radius.isnan(), reference.radius.isnan())
         assert torch.equal(compiled.radius.nan_to_num(), reference.radius.nan_to_num())
-    assert outcomes == {True, False} or classes <= 2  # certified and rejected points both compared
+        finite = torch.isfinite(logits).all(1)
+        assert not compiled.certified[~finite].any() and (compiled.radius[~finite] == -math.inf).all()
+    # certified and rejected points both compared (a tie at the top is never certified, even at ε = 0)
+    assert outcomes == {True, False} or classes <= 2 or (logits_kind == "ties" and classes > 10)
 
 
 @needs_library
-def test_the_compiled_margin_takes_only_float32_logits_and_a_matching_float64_k():
-    k = torch.ones(3, 3, dtype=torch.float64)
-    assert native.certify(torch.zeros(4, 3), k, 0.1) is not None
-    assert native.certify(torch.zeros(4, 3).double(), k, 0.1) is None
-    assert native.certify(torch.zeros(4, 3), k.float(), 0.1) is None
-    assert native.certify(torch.zeros(4, 2), k, 0.1) is None  # the PyTorch path then reports the mismatch
+def test_the_compiled_margin_takes_only_float32_logits_and_matching_float64_k_and_offsets():
+    k = o = torch.ones(3, 3, dtype=torch.float64)
+    assert native.certify(torch.zeros(4, 3), k, o, 0.1) is not None
+    assert native.certify(torch.zeros(4, 3).double(), k, o, 0.1) is None
+    assert native.certify(torch.zeros(4, 3), k.float(), o, 0.1) is None
+    assert native.certify(torch.zeros(4, 3), k, o.float(), 0.1) is None
+    assert native.certify(torch.zeros(4, 2), k, o, 0.1) is None  # the PyTorch path then reports the mismatch
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_head_without_classes_is_rejected_by_both_paths(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(native, "library", lambda: None)
+    empty = torch.zeros(0, 0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="at least one class"):
+        certify_logits(torch.zeros(4, 0), empty, 0.1, offsets=empty)
+    if compiled and native.library() is not None:
+        with pytest.raises(ValueError, match="at least one class"):
+            native.certify(torch.zeros(4, 0), empty, empty, 0.1)
+
+

@@ -9,6 +9,7 @@ import torch
 
 from gloro.certificate import Certificate
 from gloro.gloro_net import GloroNet, check_epsilon
+from gloro.precision import exact_arithmetic
 
 
 class Certifier:
@@ -17,7 +18,8 @@ class Certifier:
     Subclasses set `name`, take their settings as keyword arguments (stored in `settings`, recorded with
     every certificate) and implement `certify_batch`; `prepare` holds work shared by all batches of one
     call (sound constants, explicit matrices). Calling a certifier runs in eval mode without gradients, in
-    batches of `batch_size`, and returns one `Certificate` with tensors on the CPU.
+    batches of `batch_size`, in IEEE arithmetic (`exact_arithmetic`), on points inside the net's
+    `input_range`, and returns one `Certificate` with tensors on the CPU.
     """
 
     name: ClassVar[str] = ""
@@ -49,12 +51,13 @@ class Certifier:
         if len(images) == 0:
             raise ValueError("no points to certify")
         net.check_input(images)
+        net.check_domain(images)
         was_training = net.training
         net.eval()
         device = net.head.weight.device
         parts = []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), exact_arithmetic():
                 start = time.perf_counter()
                 state = self.prepare(net, epsilon)
                 for x in images.split(self.batch_size):
@@ -79,3 +82,13 @@ class Certifier:
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.settings.items())
         return f"{type(self).__name__}({options})"
+
+
+def certified_with_rounding(upper_margins: torch.Tensor, logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Certified ⇔ the float logits are finite and every upper bound of y_i − y_j on the ball (exact net,
+    j = argmax of `logits`) stays below −O_ij / 2, where the float net's margins are then negative too;
+    O_ij are the rounding offsets of `GloroNet.margin_offsets`."""
+    predictions = logits.argmax(1)
+    half = offsets.to(upper_margins.device)[predictions] / 2
+    worst = (upper_margins + half).scatter(1, predictions[:, None], float("-inf")).amax(1)
+    return torch.isfinite(logits).all(1).to(worst.device) & (worst < 0)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from gloro.certify.base import Certifier
+from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet
 from gloro.lipschitz import UnsupportedLayerError, check_plain_conv, conv_padding
@@ -190,13 +190,13 @@ class BcpCertifier(Certifier):
     def settings(self) -> dict:
         return {**super().settings, "solver_iterations": self.solver_iterations, "layer_bounds": "sound"}
 
-    def prepare(self, net: GloroNet, epsilon: float) -> list[torch.Tensor]:
-        return net.layer_bounds(sound=True)
+    def prepare(self, net: GloroNet, epsilon: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return net.layer_bounds(sound=True), net.margin_offsets()
 
     def certify_batch(self, net, x, epsilon, state):
-        predictions = net.predict_clean(x).argmax(1)  # the float32 net's prediction is what is certified
+        logits = net.predict_clean(x)
+        predictions = logits.argmax(1)  # the float32 net's prediction is what is certified
         _, margins = bcp_margins(
-            net, x, predictions, epsilon, sound=True, solver_iterations=self.solver_iterations, layer_norms=state
+            net, x, predictions, epsilon, sound=True, solver_iterations=self.solver_iterations, layer_norms=state[0]
         )
-        certified = margins.scatter(1, predictions[:, None], float("-inf")).amax(1) < 0
-        return predictions, certified, None
+        return predictions, certified_with_rounding(margins, logits, state[1]), None

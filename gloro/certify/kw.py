@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gloro.certify.base import Certifier
+from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet
 from gloro.lipschitz import conv_padding
@@ -89,13 +89,14 @@ class KwCertifier(Certifier):
     name = "kw"
     default_batch_size = 16  # the exact dual holds (input size × activations) numbers per point
 
-    def prepare(self, net: GloroNet, epsilon: float) -> nn.Sequential:
+    def prepare(self, net: GloroNet, epsilon: float) -> tuple[nn.Sequential, torch.Tensor]:
         check_kw_model(net)
         # the library views activations flat: its layers need contiguous (not channels_last) weights and inputs
-        return copy.deepcopy(net.model).double().to(memory_format=torch.contiguous_format).eval()
+        model = copy.deepcopy(net.model).double().to(memory_format=torch.contiguous_format).eval()
+        return model, net.margin_offsets()
 
     def certify_batch(self, net, x, epsilon, state):
-        predictions = net.predict_clean(x).argmax(1)  # the float32 net's prediction is what is certified
-        margins = kw_margins(state, x.double().contiguous(), predictions, epsilon)
-        certified = margins.scatter(1, predictions[:, None], float("-inf")).amax(1) < 0
-        return predictions, certified, None
+        logits = net.predict_clean(x)
+        predictions = logits.argmax(1)  # the float32 net's prediction is what is certified
+        margins = kw_margins(state[0], x.double().contiguous(), predictions, epsilon)
+        return predictions, certified_with_rounding(margins, logits, state[1]), None

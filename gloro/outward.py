@@ -1,0 +1,108 @@
+"""Rounding that never errs on the unsafe side: γ_n, upward rounding, and spectral norms proven from above.
+
+A float64 SVD or eigen-decomposition returns a number within rounding of ‖A‖₂, on either side. A bound
+must not sit below, so `spectral_norm_upper` turns the computed value into a proof: it checks that
+t·I − AᴴA is positive definite with a Cholesky factorization, and adds the rounding the factorization
+and the Gram product can have made (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
+Thms 3.5 and 10.3). Everything here assumes IEEE arithmetic with round-to-nearest and kernels that
+evaluate each inner product in some order (no Strassen or FFT products), as PyTorch's CPU kernels do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+U64 = 2.0**-53  # float64 unit roundoff
+TINY64 = 2.0**-1022  # smallest normal float64: with flush-to-zero, the absolute error of one operation
+CHOLESKY_ATTEMPTS = 6
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u: the largest relative error of one rounded operation in `dtype` (half its machine epsilon)."""
+    return torch.finfo(dtype).eps / 2
+
+
+def up(x: float) -> float:
+    """The next float64 above x: a value computed by one rounded operation, pushed past the exact result."""
+    return math.nextafter(x, math.inf)
+
+
+def gamma(n: int, u: float) -> float:
+    """γ_n = n·u / (1 − n·u), rounded up: the relative error bound of an n-term inner product."""
+    if n * u >= 0.5:
+        return math.inf
+    return up(up(n * u) / (1 - n * u) * (1 + 4 * U64))
+
+
+def product_up(values) -> float:
+    """An upper bound on the product of non-negative numbers (each multiplication rounded up)."""
+    result = 1.0
+    for value in values:
+        result = up(result * float(value))
+    return result
+
+
+def norm_up(x: torch.Tensor) -> float:
+    """An upper bound on ‖x‖₂ (x exactly known, real or complex), computed in float64."""
+    x = x.detach().to(torch.complex128 if x.is_complex() else torch.float64).abs().flatten()
+    if x.numel() == 0:
+        return 0.0
+    scale = float(x.max())
+    if not math.isfinite(scale):
+        return math.inf
+    if scale == 0:
+        return 0.0
+    scale = 2.0 ** math.frexp(scale)[1]  # a power of two, so dividing by it is exact (or underflows, see below)
+    squares = float(torch.sum((x / scale) ** 2))
+    rounding = squares * gamma(x.numel() + 3, U64) + x.numel() * TINY64  # abs of a complex number: 1 more
+    return up(up(math.sqrt(up(squares + rounding))) * (1 + 2 * U64) * scale)
+
+
+def spectral_norm_upper(matrices: torch.Tensor, entry_error: float = 0.0) -> float:
+    """An upper bound on max_b ‖A_b‖₂ over a (B, m, n) or (m, n) stack, real or complex, held exactly.
+
+    `entry_error` bounds ‖Â_b − A_b‖_F when the stack is itself a rounded image of the matrices meant;
+    it is added at the end. Falls back to the Frobenius norm (always an upper bound) if no attempt at
+    the Cholesky proof succeeds, which only a non-finite matrix causes in practice.
+    """
+    complex_ = matrices.is_complex()
+    a = matrices.detach().to(torch.complex128 if complex_ else torch.float64)
+    if a.dim() == 2:
+        a = a[None]
+    if a.numel() == 0:
+        return entry_error
+    largest = float(a.abs().max())
+    if not math.isfinite(largest):
+        return math.inf
+    if largest == 0:
+        return up(entry_error)
+    scale = 2.0 ** math.frexp(largest)[1]
+    a = a / scale
+    rows, cols = a.shape[-2:]
+    if rows < cols:  # the Gram of the smaller side: AAᴴ and AᴴA have the same largest eigenvalue
+        a = a.mT.conj() if complex_ else a.mT
+        rows, cols = cols, rows
+    inner, size = rows, cols
+    gram = a.mH @ a if complex_ else a.mT @ a
+    # complex products carry up to √2·γ_2 per term (Higham Lemma 3.5): a doubled γ_{2k+4} covers it
+    gram_gamma = 2 * gamma(2 * inner + 4, U64) if complex_ else gamma(inner, U64)
+    cholesky_gamma = 2 * gamma(2 * size + 6, U64) if complex_ else gamma(size + 1, U64)
+    frobenius = norm_up(a)
+    gram_error = up(gram_gamma * up(frobenius**2)) + inner * size * TINY64
+    estimate = float(torch.linalg.eigvalsh(gram)[..., -1].max())
+    margin = max(abs(estimate), float(gram.diagonal(dim1=-2, dim2=-1).real.sum(-1).max()) / size) * 2.0**-40
+    eye = torch.eye(size, dtype=gram.dtype)
+    for _ in range(CHOLESKY_ATTEMPTS):
+        t = up(estimate + margin + gram_error)
+        shifted = t * eye - gram
+        factor, info = torch.linalg.cholesky_ex(shifted)
+        if not bool((info != 0).any()) and bool(torch.isfinite(factor).all()):
+            factor_norm = max(norm_up(f) for f in factor)
+            diagonal = float(shifted.diagonal(dim1=-2, dim2=-1).abs().max())
+            error = up(cholesky_gamma * up(factor_norm**2)) + up(U64 * diagonal) + gram_error + size * size * TINY64
+            value = up(math.sqrt(up(t + error)))
+            return up(up(value * (1 + 2 * U64) * scale) + entry_error)
+        margin *= 2.0**8
+    return up(max(norm_up(m) for m in a) * scale + entry_error)

@@ -12,6 +12,7 @@ in the bound, so the audit raises `SoundnessError` and writes the offending indi
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -446,6 +447,22 @@ def pgd_l2(
         progress=progress,
         description="pgd",
     )
+
+
+def audit_sensitivity(radius: torch.Tensor, flipped: torch.Tensor, epsilon: float) -> dict:
+    """How far below the sound K_ij a planted bound must be before an audit at ε catches it on this model.
+
+    A bound K_ij / s turns every radius r into s·r, so it certifies at ε each point with s·r ≥ ε; the audit
+    then catches it at the first such point that an attack at ε flips. `factor` is the smallest s for which
+    some point the attack flipped (`flipped`, per point) gets certified: plants weaker than K_ij / factor
+    may pass unseen. `witnesses` counts the flipped points with a positive radius.
+    """
+    usable = flipped.cpu() & (radius.cpu() > 0)
+    if not usable.any():
+        return {"factor": math.inf, "catches_bounds_below": 0.0, "witnesses": 0}
+    factors = epsilon / radius.cpu()[usable]
+    factor = max(float(factors.min()), 1.0)
+    return {"factor": factor, "catches_bounds_below": 1 / factor, "witnesses": int(usable.sum())}
 
 
 def audit_soundness(

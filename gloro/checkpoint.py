@@ -40,6 +40,7 @@ def save(net: GloroNet, path: str | os.PathLike, *, input_divisor: float, metada
         "input_shape": list(net.input_shape),
         "power_iterations": net.power_iterations,
         "input_divisor": float(input_divisor),
+        "input_range": list(net.input_range),
         "metadata": dict(metadata or {}),
         "torch_version": str(torch.__version__),
         "state_dict": {key: value.detach().cpu() for key, value in net.state_dict().items()},
@@ -70,6 +71,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> G
             input_shape=payload["input_shape"],
             eval_epsilon=payload["eval_epsilon"],
             power_iterations=payload["power_iterations"],
+            input_range=payload.get("input_range", (0.0, 1.0)),  # files from before it was saved: [0, 1]
         )
         net.load_state_dict(payload["state_dict"])
         net.metadata = {**payload["metadata"], "input_divisor": float(payload["input_divisor"])}

@@ -20,12 +20,12 @@ import torch
 
 from gloro.architectures import create_model
 from gloro.atomic import atomic_path, write_json
-from gloro.attack import audit_soundness, pgd_accuracy
+from gloro.attack import audit_sensitivity, audit_soundness, pgd_accuracy
 from gloro.certify import Certificate, create_certifier, list_certifiers
 from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import load, save
 from gloro.data import Split, Subset, load_dataset
-from gloro.evaluate import certification_report
+from gloro.evaluate import certification_report, certify_all
 from gloro.gloro_net import GloroNet
 from gloro.methods import get_method
 from gloro.schedules import SCHEDULES, schedule_from_config, schedule_to_config
@@ -386,6 +386,9 @@ def attack_experiment(
     options = {"steps": pgd["steps"], "step_size": pgd["step_size"], "restarts": pgd["restarts"]}
     attack = pgd_accuracy(net.model, images, labels, net.eval_epsilon, seed=experiment.seed, progress=False, **options)
     result = {"pgd_accuracy": attack.metrics["robust_accuracy"], "attack_settings": attack.metrics["settings"]}
+    reference = certify_all(net, images)  # the global radii: how far below them would a plant be caught?
+    flipped = attack.adversarial_predictions.cpu() != reference.predictions
+    result["audit_sensitivity"] = audit_sensitivity(reference.radius, flipped, net.eval_epsilon)
     write_json(run_dir / "attack.json", {**result, "audit": None, "audits": {}})
     audits = {}
     for certificate in read_certificates(run_dir / "certificates.csv", net.eval_epsilon):

@@ -50,10 +50,12 @@ def _inf(like: torch.Tensor) -> torch.Tensor:
     return torch.full_like(like, math.inf)
 
 
-def abs_operator_norm(layer: nn.Module) -> float:
+def abs_operator_norm(layer: nn.Module, norm: float) -> float:
     """An upper bound on ‖|A|‖₂, A the layer's linear map: for a conv, the norm of its polyphase kernel's
     absolute sum over taps (the frequency-0 block of the circulant bound, the largest for a non-negative
-    kernel); for a Linear, of |W|."""
+    kernel); for a Linear, of |W|; for AvgPool2d, whose kernel is non-negative, its norm `norm`."""
+    if isinstance(layer, nn.AvgPool2d):
+        return norm
     weight = layer.weight.detach().double().cpu().abs()
     if isinstance(layer, nn.Linear):
         return spectral_norm_upper(weight)
@@ -136,7 +138,7 @@ def forward_error(
         bias = (
             0.0 if getattr(layer, "bias", None) is None else norm_up(layer.bias) * math.sqrt(outputs / len(layer.bias))
         )
-        by_norms = up(gamma(fan_in, u) * up(abs_norm(layer) * up(norm_bound + error) + up(bias * (1 + 2 * U64))))
+        by_norms = up(gamma(fan_in, u) * up(abs_norm(layer, norm) * up(norm_bound + error) + up(bias * (1 + 2 * U64))))
         rounding = up(min(by_units, by_norms) + up(underflow * math.sqrt(outputs)))
         centre_scale = magnitude_map(centre.abs() + centre_error)
         centre_rounding = norm_up(outward(centre, centre_scale, fan_in))

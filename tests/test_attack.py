@@ -2,6 +2,7 @@
 settings recorded; the soundness audit passes a sound GloroNet and catches a planted unsound bound."""
 
 import copy
+import dataclasses
 import inspect
 import json
 
@@ -10,7 +11,15 @@ import torch
 from torch import nn
 
 import gloro
-from gloro.attack import AttackReport, SoundnessError, audit_soundness, autoattack_accuracy, pgd_accuracy, pgd_l2
+from gloro.attack import (
+    AttackReport,
+    SoundnessError,
+    audit_sensitivity,
+    audit_soundness,
+    autoattack_accuracy,
+    pgd_accuracy,
+    pgd_l2,
+)
 from gloro.data import load_digits
 
 EPSILON = 0.3
@@ -135,14 +144,23 @@ def test_a_sound_gloro_net_has_no_violations(trained, digits):
     json.dumps(summary, allow_nan=False)
 
 
-def test_a_planted_unsound_bound_fails_the_audit_and_saves_the_indices(trained, digits, tmp_path):
-    _, (x, _) = digits
-    x = x[:150]
+def test_a_plant_just_past_the_reported_sensitivity_fails_the_audit_and_saves_the_indices(trained, digits, tmp_path):
+    """The audit reports how far below K_ij a planted bound must be to be caught; a plant 2% past it is."""
+    _, (x, y) = digits
+    x, y = x[:150], y[:150]
+    sound = trained.certify(x)
+    pgd = pgd_accuracy(trained.model, x, y, trained.eval_epsilon, steps=50, restarts=2, seed=0, progress=False)
+    sensitivity = audit_sensitivity(
+        sound.radius, pgd.adversarial_predictions != sound.predictions, trained.eval_epsilon
+    )
+    assert sensitivity["witnesses"] > 0 and 1 < sensitivity["factor"] < 10
     unsound = copy.deepcopy(trained)
-    unsound.frozen_margin_lipschitz = trained.frozen_margin_lipschitz / 100  # certify then trusts K/100
+    constants = trained.sound_constants()
+    planted = constants.margin_lipschitz / (sensitivity["factor"] * 1.02)
+    unsound.frozen_constants = dataclasses.replace(constants, margin_lipschitz=planted)
     path = tmp_path / "audit" / "violations.json"
     with pytest.raises(SoundnessError, match="unsound") as caught:
-        audit_soundness(unsound, x, steps=50, restarts=2, violations_path=path, progress=False)
+        audit_soundness(unsound, x, steps=50, restarts=2, seed=0, violations_path=path, progress=False)
     assert path.is_file() and not list(path.parent.glob(".*.part"))
     saved = json.loads(path.read_text())
     assert saved["violation_indices"] == caught.value.indices and caught.value.path == path

@@ -64,17 +64,16 @@ def test_local_certifies_every_point_the_global_one_does(comparison):
     assert report["crown_vra"] <= report["clean_accuracy"] and report["crown_seconds_per_point"] > 0
 
 
-def test_local_bound_never_exceeds_the_global_bound(trained):
+def test_local_bound_is_tighter_than_the_global_one_where_relus_are_off(trained):
+    """The cap at the global K_ij makes "local ≤ global" hold by construction; what can fail is that the
+    local bound gains anything: on a trained net, points with ReLUs proven off get a strictly smaller K."""
     net, (x, _) = trained
     bounds = local_lipschitz(net, x, EPSILON)
     global_k = net.lipschitz_constant(sound=True)
-    assert bool((bounds.margin_lipschitz <= global_k * (1 + 1e-12)).all())
-    assert float(bounds.sub_lipschitz.max()) <= float(net.sub_lipschitz(sound=True)) * (1 + 1e-12)
-    # the per-layer bounds are each below the global layer's sound bound
-    affine = [
-        b for b, layer in zip(net.layer_bounds(sound=True), net.layers) if isinstance(layer, nn.Linear | nn.Conv2d)
-    ]
-    assert bool((bounds.layer_bounds <= torch.stack(affine).double() * (1 + 1e-12)).all())
+    off_diagonal = ~torch.eye(len(global_k), dtype=torch.bool)
+    tighter = (bounds.margin_lipschitz[:, off_diagonal] < global_k[off_diagonal]).all(1)
+    assert bool((bounds.dropped_units > 0).any())
+    assert float(tighter.double().mean()) > 0.5
 
 
 def test_no_locally_certified_point_falls_to_strong_pgd(trained):
@@ -104,9 +103,12 @@ def test_pre_activation_and_margin_bounds_hold_on_sampled_points_of_the_ball(tra
         lower, upper = lower.repeat_interleave(64, 0), upper.repeat_interleave(64, 0)
         assert bool((z >= lower - 1e-9).all()) and bool((z <= upper + 1e-9).all())
         crown_lower, crown_upper = crown_lower.repeat_interleave(64, 0), crown_upper.repeat_interleave(64, 0)
-        # CROWN keeps the tighter of its own and the Lipschitz walk's bounds
-        assert bool((crown_lower >= lower.flatten(1)).all()) and bool((crown_upper <= upper.flatten(1)).all())
-        assert bool((z.flatten(1) >= crown_lower - 1e-9).all()) and bool((z.flatten(1) <= crown_upper + 1e-9).all())
+        # CROWN keeps the tighter of its own and the Lipschitz walk's bounds, widened by its rounding tolerance
+        slack = 1e-9 * (1 + lower.flatten(1).abs() + upper.flatten(1).abs())
+        assert bool((crown_lower >= lower.flatten(1) - slack).all())
+        assert bool((crown_upper <= upper.flatten(1) + slack).all())
+        # and they hold with no tolerance at all: the widening covers their float64 rounding
+        assert bool((z.flatten(1) >= crown_lower).all()) and bool((z.flatten(1) <= crown_upper).all())
     top = crown.predictions.repeat_interleave(64)
     margins = logits.gather(1, top[:, None]) - logits
     bounds_per_sample = crown.margin_lower_bounds.repeat_interleave(64, 0).nan_to_num(posinf=0.0)  # +∞ at j
@@ -181,8 +183,8 @@ def test_masked_spectral_norms_match_an_svd_of_the_masked_matrix(kept):
         cols = (torch.rand((5, shape[1]), generator=generator) < kept).double()
         expected = torch.linalg.matrix_norm(matrix * rows[:, :, None] * cols[:, None, :], ord=2)
         norms = masked_spectral_norms(matrix, side_gram(matrix), rows, cols)
-        assert torch.allclose(norms, expected, rtol=1e-10, atol=1e-12)
-        assert (norms >= expected * (1 - 1e-14)).all()
+        assert torch.allclose(norms, expected, rtol=1e-10, atol=1e-6)  # above by at most the rounding slack
+        assert (norms >= expected).all()  # no tolerance below the exact norm
 
 
 @pytest.mark.parametrize("activation", ["relu", "minmax"])
@@ -192,7 +194,7 @@ def test_conv_fallback_bounds_are_sound_and_no_looser_than_global(activation):
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     exact = local_lipschitz(net, x, 0.05, LocalPlan(net))
     fallback = local_lipschitz(net, x, 0.05, LocalPlan(net, max_entries=0))
-    assert bool((fallback.layer_bounds >= exact.layer_bounds * (1 - 1e-9)).all())
+    assert bool((fallback.layer_bounds >= exact.layer_bounds).all())
     assert bool((fallback.margin_lipschitz <= net.lipschitz_constant() * (1 + 1e-12)).all())
     if activation == "minmax":  # MinMax units are never dropped: the local bound is the global one
         assert int(exact.dropped_units.sum()) == 0

@@ -201,5 +201,3 @@ def test_a_head_without_classes_is_rejected_by_both_paths(compiled, monkeypatch)
     if compiled and native.library() is not None:
         with pytest.raises(ValueError, match="at least one class"):
             native.certify(torch.zeros(4, 0), empty, empty, 0.1)
-
-

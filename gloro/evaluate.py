@@ -171,7 +171,8 @@ def certification_report(
 ) -> CertificationReport:
     """Certify a test set at ε (default: the net's eval ε) and measure what certification costs.
 
-    metrics: num_examples, epsilon, clean_accuracy, vra, rejection_rate (share predicted ⊥); vra_at_radii
+    metrics: num_examples, epsilon, clean_accuracy, vra, rejection_rate (share predicted ⊥); vra_ignoring_rounding
+    (what the VRA would be without the forward-error offsets O_ij, whose largest is rounding_offset_max); vra_at_radii
     (rows {radius, radius_label, vra}; `radii` defaults to STANDARD_RADII for images, none otherwise); the
     Lipschitz constants of `lipschitz_summary`; and throughput on the same batches: forward_points_per_second
     (the wrapped model's logits alone) and certify_points_per_second (logits plus the certificate, with the
@@ -200,7 +201,8 @@ def certification_report(
         net.model(warm)
         certify_logits(net.predict_clean(warm), margin_lipschitz, epsilon, offsets=offsets)
         forward_seconds = certify_seconds = 0.0
-        parts = []
+        parts, naive_certified = [], []  # the second without the rounding offsets, to show what they cost
+        no_offsets = torch.zeros_like(offsets)
         for x in images.split(batch_size):
             x = x.to(device)
             synchronize(device)
@@ -208,8 +210,10 @@ def certification_report(
             net.model(x)
             synchronize(device)
             middle = time.perf_counter()
-            parts.append(certify_logits(net.predict_clean(x), margin_lipschitz, epsilon, offsets=offsets))
+            logits = net.predict_clean(x)
+            parts.append(certify_logits(logits, margin_lipschitz, epsilon, offsets=offsets))
             synchronize(device)
+            naive_certified.append(certify_logits(logits, margin_lipschitz, epsilon, offsets=no_offsets).certified)
             forward_seconds += middle - start
             certify_seconds += time.perf_counter() - middle
         lipschitz = lipschitz_summary(net)
@@ -226,6 +230,8 @@ def certification_report(
         "clean_accuracy": correct.double().mean().item(),
         "vra": (correct & certified).double().mean().item(),
         "rejection_rate": (~certified).double().mean().item(),
+        "vra_ignoring_rounding": (correct & torch.cat(naive_certified).cpu()).double().mean().item(),
+        "rounding_offset_max": float(offsets.max()),
         "vra_at_radii": [
             {"radius": float(r), "radius_label": radius_label(r), "vra": value}
             for r, value in zip(radii, vra_at_radii(radius, correct, radii))

@@ -66,6 +66,8 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "peak_mem_mb": cost["peak_mem_mb"],
         "peak_mem_source": cost["peak_mem_source"],
         "global_vra": certified["vra"],
+        "global_vra_ignoring_rounding": certified.get("vra_ignoring_rounding"),
+        "rounding_offset_max": certified.get("rounding_offset_max"),
         "lipschitz_power_iteration": certified["lipschitz_power_iteration"],
         "lipschitz_sound": certified["lipschitz_sound"],
         "lipschitz_sound_over_power": certified["lipschitz_ratio"],

@@ -16,6 +16,7 @@ from gloro.lipschitz import ConstantBound, bound_for
 from gloro.margin import certify_logits, head_distances, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
 from gloro.precision import exact_arithmetic
+from gloro.snapshot import WeightSnapshot
 
 
 def flatten_sequential(model: nn.Module) -> list[nn.Module]:
@@ -119,7 +120,7 @@ class GloroNet(nn.Module):
         self.constant_factor = math.prod(b.sound_value for b in self.bounds if isinstance(b, ConstantBound))
         self.metadata: dict = {}
         self.frozen_constants: SoundConstants | None = None
-        self.frozen_weights: list[torch.Tensor] = []
+        self.frozen_weights: WeightSnapshot | None = None
 
     @property
     def architecture(self):
@@ -168,7 +169,10 @@ class GloroNet(nn.Module):
     def check_domain(self, x: torch.Tensor) -> None:
         """Reject points outside `input_range`, where the forward-error bound of a certificate does not hold."""
         lo, hi = self.input_range
-        if len(x) and not bool(((x >= lo) & (x <= hi)).all()):
+        if x.numel() == 0:
+            return
+        smallest, largest = (value.item() for value in torch.aminmax(x.detach()))
+        if not (smallest >= lo and largest <= hi):  # NaN fails both
             raise ValueError(
                 f"inputs to certify must lie in [{lo}, {hi}] (got values in [{float(x.min())}, {float(x.max())}]): "
                 "the floating-point error bound covers that box; build the GloroNet with input_range= to change it"
@@ -199,6 +203,11 @@ class GloroNet(nn.Module):
         if self.frozen and not fresh:
             self.check_not_stale()
             return self.frozen_constants
+        if flatten_sequential(self.model) != self.layers:
+            raise RuntimeError(
+                "a layer of the model was replaced after the GloroNet was built, so its bounds are not this "
+                "model's; wrap the model in a new GloroNet"
+            )
         with torch.no_grad(), exact_arithmetic():
             norms = [float(value) for value in self.layer_bounds(sound=True)]
             sub = product_up(norms)
@@ -248,7 +257,7 @@ class GloroNet(nn.Module):
         radius = self.eval_epsilon if epsilon is None else check_epsilon(epsilon)
         self.check_domain(x)
         constants = self.sound_constants()
-        with torch.no_grad(), exact_arithmetic():
+        with torch.no_grad(), exact_arithmetic(self.head.weight.device.type):
             logits = self.predict_clean(x)
             return certify_logits(logits, constants.margin_lipschitz, radius, offsets=constants.offsets)
 
@@ -281,16 +290,12 @@ class GloroNet(nn.Module):
         self.eval()
         self.frozen_constants = None
         self.frozen_constants = self.sound_constants()
-        self.frozen_weights = [p.detach().clone() for p in self.model.parameters()]
+        self.frozen_weights = WeightSnapshot(self.layers)
         return self
 
     def check_not_stale(self) -> None:
         """Raise if a weight changed (values, dtype, device or shape) since `freeze()`."""
-        current = list(self.model.parameters())
-        same = len(current) == len(self.frozen_weights) and all(
-            p.dtype == q.dtype and p.device == q.device and p.shape == q.shape and torch.equal(p.detach(), q)
-            for p, q in zip(current, self.frozen_weights)
-        )
+        same = self.frozen_weights is not None and self.frozen_weights.unchanged(flatten_sequential(self.model))
         if not same:
             raise RuntimeError(
                 "the weights changed after freeze(): its K_ij no longer bound this net; call freeze() again"
@@ -299,7 +304,7 @@ class GloroNet(nn.Module):
     def unfreeze(self) -> GloroNet:
         """Drop the frozen constants so that training can continue."""
         self.frozen_constants = None
-        self.frozen_weights = []
+        self.frozen_weights = None
         return self
 
     def bound_report(self) -> list[dict]:

@@ -16,7 +16,7 @@
 
 /* For each of `count` rows of `classes` logits y: top, the first index of the largest logit (the first NaN
    if there is one, as torch.argmax gives); radius, the minimum over i ≠ top of
-   (y_top − y_i − O[top][i]) / K[top][i], each step rounded towards −∞ (NaN if any quotient is NaN, +inf with
+   (y_top − y_i − O[top][i]) / K[top][i], each step pushed below its rounding (NaN if any quotient is NaN, +inf with
    a single class, −inf for a row with a non-finite logit); certified, radius ≥ epsilon. Returns 0, or 2 for
    a head without classes. */
 NO_CONTRACT int64_t gloro_certify(const float *logits, int64_t count, int64_t classes, const double *lipschitz,
@@ -46,7 +46,8 @@ NO_CONTRACT int64_t gloro_certify(const float *logits, int64_t count, int64_t cl
             double gap = best - (double)y[i];
             double low = gap - o[i];
             low = low - slack * (fabs(gap) + fabs(low));
-            double ratio = nextafter(low / k[i], -INFINITY);
+            double ratio = low / k[i];
+            if (isfinite(ratio)) ratio = ratio - fabs(ratio) * DBL_EPSILON - DBL_TRUE_MIN; /* below its rounding */
             if (isnan(ratio) || ratio < smallest) smallest = ratio;
         }
         radius[r] = smallest;

@@ -11,6 +11,8 @@ from gloro.certificate import Certificate
 from gloro.outward import U64, gamma
 
 SLACK = 2 * torch.finfo(torch.float64).eps  # 4u: covers the rounding of a gap and of its offset difference
+EPS64 = torch.finfo(torch.float64).eps
+TRUE_MIN64 = 2.0**-1074  # the smallest subnormal float64
 
 
 def head_distances(weight: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -77,7 +79,7 @@ def certify_logits(
     low = gap - offsets.double()[top]
     low = low - SLACK * (gap.abs() + low.abs())
     ratio = low / margin_lipschitz.double()[top]
-    ratio = torch.nextafter(ratio, torch.full_like(ratio, -math.inf))
+    ratio = torch.where(ratio.isfinite(), ratio - ratio.abs() * EPS64 - TRUE_MIN64, ratio)  # an ulp below
     radius = ratio.scatter_(1, top[:, None], math.inf).min(dim=1).values
     radius = torch.where(torch.isfinite(y).all(dim=1), radius, -math.inf)
     return Certificate(top, radius >= epsilon, radius, float(epsilon), "global")

@@ -1,5 +1,6 @@
 """The CPU's hot paths compiled from C, built on first use: the power iteration (`power_iteration.c`) for
-float32 weights, and the certificate margin (`margin.c`) for float32 logits.
+float32 weights, the certificate margin (`margin.c`) for float32 logits, and the check that frozen weights
+are unchanged (`unchanged.c`).
 
 At batch size 1 a PyTorch op costs more in dispatch than in arithmetic, so on the CPU the compiled loop
 advances an iterate 1.5–5× faster than the PyTorch loops in `lipschitz.py`; likewise one call certifies a
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("power_iteration.c", "margin.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("power_iteration.c", "margin.c", "unchanged.c"))
 # gnu11 rather than c11: the ISO modes stop the compiler from fusing a·b + c into one multiply-add
 FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")
 POINTER, INT = ctypes.c_void_p, ctypes.c_int64
@@ -33,6 +34,7 @@ SIGNATURES = {  # argument types of the library's entry points (see the C source
     "gloro_linear_advance": (POINTER, POINTER, POINTER, INT, INT, INT, INT),
     "gloro_conv_advance": CONV_ARGUMENTS,
     "gloro_certify": (POINTER, INT, INT, POINTER, POINTER, ctypes.c_double, POINTER, POINTER, POINTER),
+    "gloro_unchanged": (POINTER, POINTER, POINTER, INT),
 }
 
 
@@ -207,3 +209,24 @@ def certify(
     if status:
         raise ValueError(f"certify needs logits with at least one class, got {classes}")
     return top, certified, radius
+
+
+def unchanged_plan(current: list[torch.Tensor], frozen: list[torch.Tensor]):
+    """A function that says whether each CPU tensor in `current` still has the bytes of its copy in `frozen`
+    (its storage must stay where it is: the pointers are taken now); None where this does not apply (no
+    library, or a pair not laid out alike in one dense block on the CPU)."""
+
+    def dense(t: torch.Tensor) -> bool:
+        if t.device.type != "cpu":
+            return False
+        return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+    same_layout = all(p.stride() == q.stride() and p.dtype == q.dtype for p, q in zip(current, frozen))
+    if library() is None or not same_layout or not all(dense(t) for t in (*current, *frozen)):
+        return None
+    count = len(current)
+    pointers = (ctypes.c_void_p * count)(*(t.data_ptr() for t in current))
+    copies = (ctypes.c_void_p * count)(*(t.data_ptr() for t in frozen))
+    sizes = (ctypes.c_int64 * count)(*(t.numel() * t.element_size() for t in current))
+    compare = library().gloro_unchanged
+    return lambda: bool(compare(pointers, copies, sizes, count))

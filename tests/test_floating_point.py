@@ -149,7 +149,7 @@ def test_a_net_that_may_overflow_somewhere_on_its_box_certifies_nothing():
     assert not net.certify(x, 0.0).certified.any()
 
 
-@pytest.mark.parametrize("edit", ["in place", "optimizer step", "through numpy", "new tensor"])
+@pytest.mark.parametrize("edit", ["in place", "optimizer step", "through numpy", "new tensor", "new layer"])
 def test_stale_frozen_constants_are_refused(edit):
     """After freeze(), any change of a weight leaves K_ij stale: certify and the frozen forward must refuse."""
     model = gloro.create_model("2C2F", (1, 8, 8), 10, seed=0)
@@ -165,12 +165,20 @@ def test_stale_frozen_constants_are_refused(edit):
             torch.optim.SGD([first.weight], lr=1.0).step()
         elif edit == "through numpy":
             first.weight.detach().numpy()[0, 0, 0, 0] += 1.0  # bypasses PyTorch's version counter
-        else:
+        elif edit == "new tensor":
             first.weight.data = first.weight.data * 3.0
+        else:  # an equal layer with other weights, put in the first one's place
+            replacement = copy.deepcopy(first)
+            replacement.weight.mul_(3.0)
+            net.model[0] = replacement
     with pytest.raises(RuntimeError, match="changed after freeze"):
         net.certify(x)
     with pytest.raises(RuntimeError, match="changed after freeze"):
         net(x)
+    if edit == "new layer":  # the bounds were built for the layers the GloroNet was given
+        with pytest.raises(RuntimeError, match="replaced"):
+            net.freeze()
+        return
     net.freeze()
     assert net.certify(x).radius.shape == (8,)
 

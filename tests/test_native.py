@@ -175,6 +175,7 @@ def test_compiled_certificates_are_the_pytorch_certificates_bit_for_bit(classes,
         assert torch.equal(compiled.certified, reference.certified)
         assert torch.equal(compiled.radius.isnan(), reference.radius.isnan())
         assert torch.equal(compiled.radius.nan_to_num(), reference.radius.nan_to_num())
+        assert not compiled.radius.isnan().any()  # a zero K_ij gives ±inf, never NaN
         finite = torch.isfinite(logits).all(1)
         assert not compiled.certified[~finite].any() and (compiled.radius[~finite] == -math.inf).all()
     # certified and rejected points both compared (a tie at the top is never certified, even at ε = 0)

@@ -1,0 +1,52 @@
+"""A copy of a net's weights that says, in microseconds, whether any of them changed since it was taken."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from gloro import native
+
+
+class WeightSnapshot:
+    """The parameters of `layers` as they are now, compared byte for byte on every `unchanged()` call.
+
+    Every way of editing a weight is caught (in place, through `.data` or a NumPy view, which bypass
+    PyTorch's version counters, or by assigning a new tensor or layer), since the bytes themselves are
+    compared. On the CPU the comparison is one call of `native.unchanged` with pointers prepared here.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self.layers = list(layers)
+        self.entries = [
+            (layer._parameters, name, parameter, parameter.detach().clone())
+            for layer in self.layers
+            for name, parameter in layer._parameters.items()
+            if parameter is not None
+        ]
+        self.pointers = [parameter.data_ptr() for _, _, parameter, _ in self.entries]
+        self.compiled = native.unchanged_plan(
+            [parameter.detach() for _, _, parameter, _ in self.entries], [copy for *_, copy in self.entries]
+        )
+
+    def unchanged(self, layers: Sequence[nn.Module]) -> bool:
+        """Whether `layers` (the net's leaf layers now) are the same layers with the same weights."""
+        if list(layers) != self.layers:
+            return False
+        same_tensors = all(
+            parameters.get(name) is parameter and parameter.data_ptr() == pointer
+            for (parameters, name, parameter, _), pointer in zip(self.entries, self.pointers)
+        )
+        if same_tensors and self.compiled is not None:
+            return self.compiled()
+        current = [parameters.get(name) for parameters, name, _, _ in self.entries]
+        return all(
+            p is not None
+            and p.dtype == copy.dtype
+            and p.shape == copy.shape
+            and p.device == copy.device
+            and torch.equal(p.detach(), copy)
+            for p, (*_, copy) in zip(current, self.entries)
+        )

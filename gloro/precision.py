@@ -97,12 +97,3 @@ class exact_arithmetic(contextlib.ContextDecorator):  # noqa: N801 - used like a
             _set(setting, value)
         if cudnn:
             torch.backends.cudnn.enabled = True
-
-
-def arithmetic_is_exact() -> bool:
-    """Whether the current settings compute float32 as IEEE inner products (what `exact_arithmetic` sets)."""
-    if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
-        return False
-    if _cuda() and torch.backends.cudnn.enabled:
-        return False
-    return all(_get(setting) in EXACT for setting in _settings(None))

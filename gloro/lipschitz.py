@@ -50,8 +50,9 @@ class LayerBound(nn.Module):
         """Training-time value, differentiable in the layer's weights; advances any iterate `iterations` steps."""
         raise NotImplementedError
 
-    def sound(self, layer: nn.Module) -> torch.Tensor:
-        """A guaranteed upper bound on the layer's ℓ2 Lipschitz constant, as a float64 scalar."""
+    def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
+        """A guaranteed upper bound on the layer's ℓ2 Lipschitz constant, as a float64 scalar; `fast` may trade
+        a little tightness for time (a conv's circulant bound instead of its explicit matrix)."""
         raise NotImplementedError
 
 
@@ -66,7 +67,7 @@ class ConstantBound(LayerBound):
     def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
         return self.value
 
-    def sound(self, layer: nn.Module) -> torch.Tensor:
+    def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
         return torch.tensor(self.sound_value, dtype=torch.float64, device=self.value.device)
 
 
@@ -77,22 +78,22 @@ class PowerIterationBound(LayerBound):
         super().__init__()
         start = torch.randn((1, *input_shape), generator=generator)
         self.register_buffer("iterate", start / start.norm())
-        self.sound_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (weight it was computed at, bound)
+        self.sound_cache: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}  # fast → (weight then, bound)
 
-    def sound(self, layer: nn.Module) -> torch.Tensor:
+    def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
         """See `LayerBound.sound`. Kept until the weight's values change (an SVD of a large conv takes seconds);
         the weight is compared exactly with a copy, so no way of editing it in place can leave a stale bound."""
         weight = layer.weight.detach()
-        if self.sound_cache is not None:
-            seen, bound = self.sound_cache
+        if fast in self.sound_cache:
+            seen, bound = self.sound_cache[fast]
             same = seen.dtype == weight.dtype and seen.device == weight.device and seen.shape == weight.shape
             if same and torch.equal(seen, weight):
                 return bound.clone()
-        bound = self.sound_bound(weight)
-        self.sound_cache = (weight.clone(), bound)
+        bound = self.sound_bound(weight, fast)
+        self.sound_cache[fast] = (weight.clone(), bound)
         return bound.clone()
 
-    def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
+    def sound_bound(self, weight: torch.Tensor, fast: bool = False) -> torch.Tensor:
         """The sound bound at this weight, computed afresh."""
         raise NotImplementedError
 
@@ -171,7 +172,7 @@ class LinearBound(PowerIterationBound):
         """See `PowerIterationBound.advance`; no gradient: for a wide W, u xᵀ costs more than Wx again."""
         native.linear_advance(self.iterate, weight, iterations, RESCALE_EVERY)
 
-    def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
+    def sound_bound(self, weight: torch.Tensor, fast: bool = False) -> torch.Tensor:
         return torch.tensor(spectral_norm_upper(weight.cpu()), dtype=torch.float64, device=weight.device)
 
 
@@ -262,8 +263,8 @@ class Conv2dBound(PowerIterationBound):
                 x = x / torch.linalg.vector_norm(x)
         return x
 
-    def sound_bound(self, weight: torch.Tensor) -> torch.Tensor:
-        return conv2d_sound_norm(weight, self.input_shape, self.stride, self.padding)
+    def sound_bound(self, weight: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        return conv2d_sound_norm(weight, self.input_shape, self.stride, self.padding, explicit=not fast)
 
 
 def im2col_indices(
@@ -371,13 +372,18 @@ def conv2d_circulant_bound(
 
 
 def conv2d_sound_norm(
-    weight: torch.Tensor, input_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+    weight: torch.Tensor,
+    input_shape: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    explicit: bool = True,
 ) -> torch.Tensor:
-    """Sound ‖conv‖₂ at input shape (C, H, W): the explicit matrix's when small, else the circulant bound."""
+    """Sound ‖conv‖₂ at input shape (C, H, W): the explicit matrix's when small (and `explicit`), else the
+    circulant bound (a little looser, and 20–50× faster on a 2C2F's convolutions)."""
     w = weight.detach()
     out_hw = conv_output_hw(input_shape[1:], w.shape[2:], stride, padding)
     entries = math.prod(input_shape) * w.shape[0] * math.prod(out_hw)
-    if entries <= EXPLICIT_OPERATOR_MAX_ENTRIES:
+    if explicit and entries <= EXPLICIT_OPERATOR_MAX_ENTRIES:
         bound = spectral_norm_upper(explicit_conv_matrix(w, input_shape, stride, padding))
     else:
         bound = float(conv2d_circulant_bound(w, input_shape[1:], stride, padding))

@@ -134,9 +134,10 @@ def train(
     ('cuda_max_allocated', reset every epoch, or 'cpu_process_max_rss', the process's peak resident memory
     since it started, which never goes down). With an eval set, the net is certified on it after every
     epoch (sound K, at `eval_epsilon`, default the net's eval ε): rows gain eval_points, eval_epsilon, eval_vra,
-    eval_clean_accuracy, eval_rejection_rate and eval_seconds, and the returned history's `best` holds the
-    weights of the best-eval-VRA epoch. `eval_certifier` names the certifier of that evaluation
-    (`gloro.certify.list_certifiers()`: a KW or BCP run is evaluated with its own), run in batches of
+    eval_clean_accuracy, eval_rejection_rate, eval_seconds and eval_bounds (the global certificate's per-epoch
+    K takes convs' circulant bounds: sound, slightly looser than the final certification's), and the returned
+    history's `best` holds the weights of the best-eval-VRA epoch. `eval_certifier` names the certifier of that
+    evaluation (`gloro.certify.list_certifiers()`: a KW or BCP run is evaluated with its own), run in batches of
     `eval_batch_size` (default: the certifier's own). `on_epoch` sees each row.
 
     `scratch`: a file rewritten atomically after every epoch with everything needed to continue (weights,
@@ -189,7 +190,10 @@ def train(
         }
         if eval_images is not None:
             start = time.perf_counter()
-            certifier = create_certifier(eval_certifier, batch_size=eval_batch_size)
+            # the global certificate's per-epoch K uses convs' circulant bounds: sound, a little looser than
+            # the explicit operators that certification of the final model uses, and 20–50× faster on a 2C2F
+            options = {"fast_bounds": True} if eval_certifier == "global" else {}
+            certifier = create_certifier(eval_certifier, batch_size=eval_batch_size, **options)
             result = certified_metrics(certifier, net, eval_images, eval_labels, eval_epsilon)
             row.update(
                 eval_points=len(eval_labels),
@@ -198,6 +202,7 @@ def train(
                 eval_clean_accuracy=result["clean_accuracy"],
                 eval_rejection_rate=result["rejection_rate"],
                 eval_seconds=time.perf_counter() - start,
+                eval_bounds="circulant conv bounds" if options else "the certifier's own",
             )
             if history.best is None or result["vra"] > history.best.vra:
                 history.best = BestModel(

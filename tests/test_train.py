@@ -158,3 +158,16 @@ def test_a_killed_run_resumes_from_its_scratch_file_and_matches_an_uninterrupted
     with pytest.warns(UserWarning, match="another recipe"):
         restarted = gloro.train(fresh(), x, y, other, progress=False, scratch=scratch)
     assert len(restarted) == 4
+
+
+def test_per_epoch_evaluation_uses_sound_circulant_bounds_no_tighter_than_the_final_ones(digits):
+    """The per-epoch K of a conv net takes circulant bounds (sound, cheaper): each epoch's eval VRA is then
+    a conservative monitor, never above what the final certification with explicit operators gives."""
+    (x, y), (x_test, y_test) = digits
+    net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=0), epsilon=0.3)
+    recipe = gloro.TrainingRecipe(epochs=2, batch_size=64)
+    history = gloro.train(net, x, y, recipe, eval_images=x_test, eval_labels=y_test, progress=False)
+    assert all(row["eval_bounds"] == "circulant conv bounds" for row in history)
+    fast, tight = net.sound_constants(fast=True), net.sound_constants()
+    assert fast.sub_lipschitz >= tight.sub_lipschitz
+    assert gloro.evaluate(net, x_test, y_test)["vra"] >= history[-1]["eval_vra"] > 0

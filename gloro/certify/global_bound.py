@@ -11,13 +11,22 @@ from gloro.margin import certify_logits
 @register_certifier
 class GlobalCertifier(Certifier):
     """radius = min_{i≠j} (y_j − y_i − O_ij)/K_ij with the sound K_ij and rounding offsets O_ij (the frozen
-    ones after `freeze()`); one
+    ones after `freeze()`; `fast_bounds` takes convs' circulant bounds for an unfrozen net, still sound and a
+    little looser, as training's per-epoch evaluation does); one
     forward pass per batch, so it costs what inference costs."""
 
     name = "global"
 
+    def __init__(self, batch_size: int | None = None, fast_bounds: bool = False) -> None:
+        super().__init__(batch_size)
+        self.fast_bounds = bool(fast_bounds)
+
+    @property
+    def settings(self) -> dict:
+        return {**super().settings, "fast_bounds": self.fast_bounds}
+
     def prepare(self, net: GloroNet, epsilon: float) -> SoundConstants:
-        return net.sound_constants()
+        return net.sound_constants(fast=self.fast_bounds)
 
     def certify_batch(self, net, x, epsilon, state):
         certificate = certify_logits(net.predict_clean(x), state.margin_lipschitz, epsilon, offsets=state.offsets)

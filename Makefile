@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/epochs.py
 	$(PY) benchmarks/versus_official.py
 
 clean:

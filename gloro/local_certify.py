@@ -42,6 +42,7 @@ from gloro.gloro_net import GloroNet, check_epsilon, layer_input_shapes
 from gloro.layers import MinMax
 from gloro.lipschitz import UnsupportedLayerError, conv_padding
 from gloro.margin import certify_logits
+from gloro.precision import exact_arithmetic
 
 # A ReLU counts as off on the ball only when its pre-activation upper bound is below −OFF_TOLERANCE: a margin far
 # above float64 rounding in these bound computations.
@@ -277,11 +278,13 @@ def masked_head_distances(weight: torch.Tensor, keep: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
+@exact_arithmetic()
 def certify_local(
     net: GloroNet, x: torch.Tensor, epsilon: float | None = None, plan: LocalPlan | None = None
 ) -> LocalCertificate:
     """Certify each point of `x` at ε (default the net's eval ε) with its local bound K^local_ij."""
     epsilon = net.eval_epsilon if epsilon is None else check_epsilon(epsilon)
+    net.check_domain(x)
     plan = LocalPlan(net) if plan is None else plan
     bounds = local_lipschitz(net, x, epsilon, plan)
     logits = net.predict_clean(x.to(net.head.weight.device)).detach()
@@ -389,11 +392,13 @@ def back_substitute(
 
 
 @torch.no_grad()
+@exact_arithmetic()
 def certify_crown(
     net: GloroNet, x: torch.Tensor, epsilon: float | None = None, plan: LocalPlan | None = None
 ) -> CrownCertificate:
     """Certify each point at ε with CROWN: certified iff every margin y_j − y_i has a positive lower bound."""
     epsilon = net.eval_epsilon if epsilon is None else check_epsilon(epsilon)
+    net.check_domain(x)
     plan = LocalPlan(net) if plan is None else plan
     steps = crown_layers(plan)
     x = x.to(net.head.weight.device)
@@ -433,6 +438,7 @@ def certify_crown(
     )
 
 
+@exact_arithmetic()
 def compare_local_global(
     net: GloroNet,
     x: torch.Tensor,

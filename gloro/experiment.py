@@ -375,16 +375,19 @@ def read_certificates(path: Path, epsilon: float) -> list[Certificate]:
 
 
 def attack_experiment(
-    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, pgd: Mapping
+    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, pgd: Mapping, progress: bool = True
 ) -> dict:
     """PGD accuracy at the eval ε on the test split, and a soundness audit of every point that any of the
-    experiment's certifiers certified (read from `certificates.csv`)."""
+    experiment's certifiers certified (read from `certificates.csv`); `progress` shows both advance in the
+    job's log (each can take a quarter of an hour at the paper's settings)."""
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
     net = load(run_dir / "model.pt", map_location=device).freeze()
     images, labels = test_split.float_images(), test_split.labels
     options = {"steps": pgd["steps"], "step_size": pgd["step_size"], "restarts": pgd["restarts"]}
-    attack = pgd_accuracy(net.model, images, labels, net.eval_epsilon, seed=experiment.seed, progress=False, **options)
+    attack = pgd_accuracy(
+        net.model, images, labels, net.eval_epsilon, seed=experiment.seed, progress=progress, **options
+    )
     result = {"pgd_accuracy": attack.metrics["robust_accuracy"], "attack_settings": attack.metrics["settings"]}
     reference = certify_all(net, images)  # the global radii: how far below them would a plant be caught?
     flipped = attack.adversarial_predictions.cpu() != reference.predictions
@@ -400,7 +403,7 @@ def attack_experiment(
             certificate=certificate,
             violations_path=run_dir / f"violations_{certificate.method}.json",
             seed=experiment.seed + 1,
-            progress=False,
+            progress=progress,
             **options,
         )  # raises SoundnessError, naming the file of offending indices, if any certified point breaks
     result["audit"] = audits[experiment.certifiers[0]]

@@ -26,10 +26,21 @@ class WeightSnapshot:
             for name, parameter in layer._parameters.items()
             if parameter is not None
         ]
+        self.plan()
+
+    def plan(self) -> None:
+        """Take the parameters' addresses and prepare the compiled comparison (None where it cannot run)."""
         self.pointers = [parameter.data_ptr() for _, _, parameter, _ in self.entries]
         self.compiled = native.unchanged_plan(
             [parameter.detach() for _, _, parameter, _ in self.entries], [copy for *_, copy in self.entries]
         )
+
+    def __getstate__(self) -> dict:  # addresses and the compiled call belong to this process's tensors
+        return {"layers": self.layers, "entries": self.entries}
+
+    def __setstate__(self, state: dict) -> None:
+        self.layers, self.entries = state["layers"], state["entries"]
+        self.plan()
 
     def unchanged(self, layers: Sequence[nn.Module]) -> bool:
         """Whether `layers` (the net's leaf layers now) are the same layers with the same weights."""

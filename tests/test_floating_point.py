@@ -2,6 +2,7 @@
 must certify nothing false; bounds are checked against exact (rational or 40-digit) references."""
 
 import copy
+import io
 import math
 from fractions import Fraction
 
@@ -262,3 +263,19 @@ def test_certify_rejects_points_outside_the_input_box():
 def test_a_head_without_classes_is_rejected():
     with pytest.raises(ValueError, match="at least one class"):
         gloro.GloroNet(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 0)), epsilon=0.1)
+
+
+def test_a_frozen_net_copied_or_pickled_checks_its_own_weights():
+    """The weight check's addresses belong to one net: a deep copy or a pickled net checks its own."""
+    net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=3), epsilon=0.3).freeze()
+    x = torch.rand(4, 1, 8, 8)
+    buffer = io.BytesIO()
+    torch.save(net, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(net), torch.load(buffer, weights_only=False)):
+        assert torch.equal(twin.certify(x).radius, net.certify(x).radius)
+        with torch.no_grad():
+            twin.layers[0].weight.mul_(2.0)
+        with pytest.raises(RuntimeError, match="changed after freeze"):
+            twin.certify(x)
+        net.certify(x)  # the original's weights did not change

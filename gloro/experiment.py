@@ -361,7 +361,11 @@ def read_certificates(path: Path, epsilon: float) -> list[Certificate]:
     certificates = []
     for name in names:
         mine = [row for row in rows if row["certifier"] == name]
-        radius = None if mine[0]["radius"] == "" else torch.tensor([float(row["radius"]) for row in mine])
+        radius = (
+            None
+            if mine[0]["radius"] == ""
+            else torch.tensor([float(row["radius"]) for row in mine], dtype=torch.float64)
+        )
         certificates.append(
             Certificate(
                 predictions=torch.tensor([int(row["prediction"]) for row in mine]),
@@ -389,12 +393,14 @@ def attack_experiment(
         net.model, images, labels, net.eval_epsilon, seed=experiment.seed, progress=progress, **options
     )
     result = {"pgd_accuracy": attack.metrics["robust_accuracy"], "attack_settings": attack.metrics["settings"]}
-    reference = certify_all(net, images)  # the global radii: how far below them would a plant be caught?
+    certificates = read_certificates(run_dir / "certificates.csv", net.eval_epsilon)
+    # the global radii (the certify stage's, else computed): how far below them would a plant be caught?
+    reference = next((c for c in certificates if c.method == "global"), None) or certify_all(net, images)
     flipped = attack.adversarial_predictions.cpu() != reference.predictions
     result["audit_sensitivity"] = audit_sensitivity(reference.radius, flipped, net.eval_epsilon)
     write_json(run_dir / "attack.json", {**result, "audit": None, "audits": {}})
     audits = {}
-    for certificate in read_certificates(run_dir / "certificates.csv", net.eval_epsilon):
+    for certificate in certificates:
         print(f"auditing the {int(certificate.certified.sum())} points {certificate.method} certified", file=sys.stderr)
         audits[certificate.method] = audit_soundness(
             net,

@@ -89,7 +89,7 @@ def affine_parts(layer: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tenso
     )
 
 
-def outward(x: torch.Tensor, scale: torch.Tensor, fan_in: int) -> torch.Tensor:
+def outward(scale: torch.Tensor, fan_in: int) -> torch.Tensor:
     """What float64 rounding can have moved values summed from `fan_in` terms of total magnitude `scale`."""
     return 4 * gamma(fan_in + 2, U64) * scale + TINY64 * (2 * fan_in + 2)
 
@@ -119,7 +119,6 @@ def forward_error(
     norm_bound = min(up(math.sqrt(d) * max(abs(lo), abs(hi)) * (1 + 4 * U64)), up(norm_up(centre) + box_radius))
     error, centre_error, lipschitz = 0.0, 0.0, 1.0
     *body, head = layers
-    abs_norm = abs_operator_norm
     for index, layer in enumerate(body):
         norm = float(layer_norms[index])
         if type(layer) in EXACT_LAYERS:  # monotone in each input: the interval's ends map to the output's
@@ -138,12 +137,14 @@ def forward_error(
         bias = (
             0.0 if getattr(layer, "bias", None) is None else norm_up(layer.bias) * math.sqrt(outputs / len(layer.bias))
         )
-        by_norms = up(gamma(fan_in, u) * up(abs_norm(layer, norm) * up(norm_bound + error) + up(bias * (1 + 2 * U64))))
+        by_norms = up(
+            gamma(fan_in, u) * up(abs_operator_norm(layer, norm) * up(norm_bound + error) + up(bias * (1 + 2 * U64)))
+        )
         rounding = up(min(by_units, by_norms) + up(underflow * math.sqrt(outputs)))
         centre_scale = magnitude_map(centre.abs() + centre_error)
-        centre_rounding = norm_up(outward(centre, centre_scale, fan_in))
+        centre_rounding = norm_up(outward(centre_scale, fan_in))
         middle, radius = affine((lower + upper) / 2), magnitude_map((upper - lower) / 2) - magnitude_map(0 * lower)
-        slack = outward(middle, magnitude_map((lower.abs() + upper.abs()) / 2) + radius, fan_in)
+        slack = outward(magnitude_map((lower.abs() + upper.abs()) / 2) + radius, fan_in)
         lower, upper = middle - radius - slack, middle + radius + slack
         centre = affine(centre)
         error = up(up(norm * error) + rounding)

@@ -1,14 +1,19 @@
 """Cost of GloRo over a plain network: certification vs forward throughput, GloRo vs plain training step.
 
-Targets (issue 2): certification throughput after freeze() ≥ 0.97 × plain forward throughput (batch
-1024); GloRo training step ≤ 1.2 × a plain training step (batch 256). Measurements are interleaved and the
-median of many repeats is reported, so a background load affects both sides alike. Training is timed with
-both networks in the default (NCHW) layout and both in channels_last, the layout `gloro.train` uses.
-Each ratio is also given from the fastest repeat of each side (`*_best`): on a shared VM noise only adds
-time, so the minimum is the steadiest estimate of what each side costs on an idle machine. Both sides run
-with `gloro.keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc` leaves glibc's defaults).
+Targets (issues 2 and 14): certification throughput after freeze() ≥ 0.97 × plain forward throughput
+(batch 1024), the forward pass being the user's `model(x)` under no_grad; GloRo training step ≤ 1.2 × a
+plain training step (batch 256). `fixed_cost_share` says what certifying adds to GloroNet's own forward
+pass, which runs the ReLUs in place (`gloro.inference`): the input-box check, the weight check, the margin.
 
-    .venv/bin/python benchmarks/overhead.py [--architectures 2C2F 6C2F] [--repeats 30]
+Measurements are interleaved, the sides swapping order every round, and the median of many repeats is
+reported, so a background load affects both sides alike. Training is timed with both networks in the
+default (NCHW) layout and both in channels_last, the layout `gloro.train` uses. Each ratio is also given
+from the fastest repeat of each side (`*_best`): on a shared VM noise only adds time, so the minimum is
+the steadiest estimate of what each side costs on an idle machine; and as the median of each round's own
+ratio (`*_paired`), which cancels drift in the machine's speed between rounds. Both sides run with
+`gloro.keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc` leaves glibc's defaults).
+
+    .venv/bin/python benchmarks/overhead.py [--architectures 2C2F 6C2F] [--repeats 30] [--parts certification]
 """
 
 from __future__ import annotations
@@ -38,12 +43,19 @@ def timings(functions: dict[str, Callable[[], None]], repeats: int, warmup: int 
         for _ in range(warmup):
             function()
     times: dict[str, list[float]] = {name: [] for name in functions}
+    order = list(functions.items())
     for _ in range(repeats):
-        for name, function in functions.items():
+        for name, function in order:
             start = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - start)
+        order.reverse()  # each side goes first every other round: what the previous call leaves in cache evens out
     return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median of the per-round ratios: both sides of a round ran seconds apart, under the same load."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def certification_ratio(architecture: str, batch_size: int, repeats: int) -> dict:
@@ -56,10 +68,14 @@ def certification_ratio(architecture: str, batch_size: int, repeats: int) -> dic
     def forward() -> None:
         net.model(x)
 
+    @torch.no_grad()
+    def own_forward() -> None:  # GloroNet's forward without autograd: ReLUs in place
+        net.predict_clean(x)
+
     def certify() -> None:
         net.certify(x)
 
-    times = timings({"forward": forward, "certify": certify}, repeats)
+    times = timings({"forward": forward, "own_forward": own_forward, "certify": certify}, repeats)
     seconds = {name: statistics.median(values) for name, values in times.items()}
     return {
         "architecture": architecture,
@@ -68,6 +84,9 @@ def certification_ratio(architecture: str, batch_size: int, repeats: int) -> dic
         "certified_per_second": batch_size / seconds["certify"],
         "ratio": seconds["forward"] / seconds["certify"],
         "ratio_best": min(times["forward"]) / min(times["certify"]),
+        "ratio_paired": paired_ratio(times["forward"], times["certify"]),
+        # what certifying adds to GloroNet's own forward pass (the input box, the weights, the margin)
+        "fixed_cost_share": 1 - paired_ratio(times["own_forward"], times["certify"]),
     }
 
 
@@ -108,6 +127,7 @@ def training_step_ratio(architecture: str, batch_size: int, repeats: int, channe
         "gloro_images_per_second": batch_size / seconds["gloro"],
         "ratio": seconds["gloro"] / seconds["plain"],
         "ratio_best": min(times["gloro"]) / min(times["plain"]),
+        "ratio_paired": paired_ratio(times["gloro"], times["plain"]),
     }
 
 
@@ -116,6 +136,8 @@ def main() -> None:
     parser.add_argument("--architectures", nargs="+", default=["2C2F", "6C2F"], choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--default-malloc", action="store_true", help="do not call gloro.keep_freed_memory()")
+    parts = ["certification", "training"]
+    parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     args = parser.parse_args()
     kept = False if args.default_malloc else gloro.keep_freed_memory()
     results = {
@@ -126,8 +148,9 @@ def main() -> None:
         "training": [],
     }
     for architecture in args.architectures:
-        results["certification"].append(certification_ratio(architecture, 1024, args.repeats))
-        for channels_last in (False, True):
+        if "certification" in args.parts:
+            results["certification"].append(certification_ratio(architecture, 1024, args.repeats))
+        for channels_last in (False, True) if "training" in args.parts else ():
             results["training"].append(training_step_ratio(architecture, 256, args.repeats, channels_last))
     print(json.dumps(results, indent=2))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -12,8 +13,9 @@ from torch import nn
 
 from gloro.certificate import Certificate
 from gloro.forward_error import ForwardError, forward_error
+from gloro.inference import forward_in_place
 from gloro.lipschitz import ConstantBound, bound_for
-from gloro.margin import certify_logits, head_distances, sound_margin_lipschitz, with_bottom
+from gloro.margin import MarginCertifier, head_distances, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
 from gloro.precision import exact_arithmetic
 from gloro.snapshot import WeightSnapshot
@@ -58,6 +60,17 @@ class SoundConstants:
     margin_lipschitz: torch.Tensor
     offsets: torch.Tensor
     forward_error: ForwardError
+
+    @functools.cached_property
+    def certifier(self) -> MarginCertifier:
+        """`certify_logits` with these K_ij and O_ij, prepared on first use."""
+        return MarginCertifier(self.margin_lipschitz, self.offsets)
+
+    def __getstate__(self) -> dict:  # the prepared certifier is rebuilt where it is unpickled
+        return {key: value for key, value in self.__dict__.items() if key != "certifier"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
 
 def check_input_range(input_range: Sequence[float]) -> tuple[float, float]:
@@ -241,13 +254,17 @@ class GloroNet(nn.Module):
             if self.training:
                 raise RuntimeError("this GloroNet is frozen; call unfreeze() before training it")
             constants = self.sound_constants()
-            return with_bottom(self.model(x), constants.margin_lipschitz, self.epsilon, constants.offsets)
-        return with_bottom(self.model(x), self.lipschitz_constant(sound=False), self.epsilon)
+            return with_bottom(self.run_model(x), constants.margin_lipschitz, self.epsilon, constants.offsets)
+        return with_bottom(self.run_model(x), self.lipschitz_constant(sound=False), self.epsilon)
 
     def predict_clean(self, x: torch.Tensor) -> torch.Tensor:
         """The wrapped model's logits y, without ⊥."""
         self.check_input(x)
-        return self.model(x)
+        return self.run_model(x)
+
+    def run_model(self, x: torch.Tensor) -> torch.Tensor:
+        """`self.model(x)`; with autograd off its ReLUs run in place (`gloro.inference`), same values."""
+        return self.model(x) if torch.is_grad_enabled() else forward_in_place(self.model, x)
 
     def certify(self, x: torch.Tensor, epsilon: float | None = None) -> Certificate:
         """Predictions, the certified mask at ε (default `eval_epsilon`) and each point's certified radius.
@@ -257,10 +274,10 @@ class GloroNet(nn.Module):
         """
         radius = self.eval_epsilon if epsilon is None else check_epsilon(epsilon)
         self.check_domain(x)
-        constants = self.sound_constants()
         with torch.no_grad(), exact_arithmetic(self.head.weight.device.type):
             logits = self.predict_clean(x)
-            return certify_logits(logits, constants.margin_lipschitz, radius, offsets=constants.offsets)
+            # after the forward pass, which leaves the weights in cache for the check of frozen ones
+            return self.sound_constants().certifier(logits, radius)
 
     @torch.no_grad()
     def converge(self, tol: float = 1e-4, max_iterations: int = 10_000, check_every: int = 10) -> torch.Tensor:

@@ -26,32 +26,39 @@ NO_CONTRACT int64_t gloro_certify(const float *logits, int64_t count, int64_t cl
     const double slack = 2 * DBL_EPSILON; /* 4u: the rounding of the gap and of its difference with O */
     for (int64_t r = 0; r < count; r++) {
         const float *y = logits + r * classes;
-        int64_t j = 0;
         int finite = 1;
-        for (int64_t i = 0; i < classes; i++) {
-            if (!isfinite(y[i])) finite = 0;
-            if (isnan(y[j])) continue;
-            if (isnan(y[i]) || y[i] > y[j]) j = i;
-        }
-        top[r] = j;
-        if (!finite) {
+        for (int64_t i = 0; i < classes; i++) finite &= isfinite(y[i]) != 0;
+        int64_t j = 0;
+        if (finite) { /* branch-free selects: the top class of random logits is not predictable */
+            for (int64_t i = 1; i < classes; i++) j = y[i] > y[j] ? i : j;
+        } else {
+            for (int64_t i = 0; i < classes; i++) {
+                if (isnan(y[j])) break;
+                if (isnan(y[i]) || y[i] > y[j]) j = i;
+            }
+            top[r] = j;
             radius[r] = -INFINITY;
             certified[r] = 0;
             continue;
         }
+        top[r] = j;
         const double *k = lipschitz + j * classes, *o = offsets + j * classes;
-        double best = y[j], smallest = INFINITY;
-        for (int64_t i = 0; i < classes && !isnan(smallest); i++) {
-            if (i == j) continue;
+        const double best = y[j];
+        double smallest = INFINITY;
+        int nan = 0;
+        for (int64_t i = 0; i < classes; i++) { /* every class, then the top one masked: the loop vectorizes */
             double gap = best - (double)y[i];
             double low = gap - o[i];
             low = low - slack * (fabs(gap) + fabs(low));
             double ratio = low / k[i];
-            if (isfinite(ratio)) ratio = ratio - fabs(ratio) * DBL_EPSILON - DBL_TRUE_MIN; /* below its rounding */
-            if (isnan(ratio) || ratio < smallest) smallest = ratio;
+            double below = ratio - fabs(ratio) * DBL_EPSILON - DBL_TRUE_MIN; /* below its rounding */
+            ratio = isfinite(ratio) ? below : ratio;
+            ratio = i == j ? INFINITY : ratio;
+            nan |= isnan(ratio) != 0;
+            smallest = ratio < smallest ? ratio : smallest;
         }
-        radius[r] = smallest;
-        certified[r] = smallest >= epsilon;
+        radius[r] = nan ? NAN : smallest;
+        certified[r] = !nan && smallest >= epsilon;
     }
     return 0;
 }

@@ -66,12 +66,19 @@ def certify_logits(
     means "not certified", not a distance. float32 logits on the CPU take `gloro.native.certify`, one
     compiled pass with the same operations.
     """
-    if logits.dim() != 2 or logits.shape[1] == 0:
-        raise ValueError(f"certify_logits needs (N, classes) logits with at least one class, got {tuple(logits.shape)}")
     compiled = native.certify(logits, margin_lipschitz, offsets, epsilon)
     if compiled is not None:
         predictions, certified, radius = compiled
         return Certificate(predictions, certified, radius, float(epsilon), "global")
+    return reference_certificate(logits, margin_lipschitz, epsilon, offsets)
+
+
+def reference_certificate(
+    logits: torch.Tensor, margin_lipschitz: torch.Tensor, epsilon: float, offsets: torch.Tensor
+) -> Certificate:
+    """`certify_logits` in PyTorch operations, on any device and dtype."""
+    if logits.dim() != 2 or logits.shape[1] == 0:
+        raise ValueError(f"certify_logits needs (N, classes) logits with at least one class, got {tuple(logits.shape)}")
     y = logits.detach().double()
     top = logits.detach().argmax(dim=1)
     top_value = y.gather(1, top[:, None])
@@ -83,3 +90,25 @@ def certify_logits(
     radius = ratio.scatter_(1, top[:, None], math.inf).min(dim=1).values
     radius = torch.where(torch.isfinite(y).all(dim=1), radius, -math.inf)
     return Certificate(top, radius >= epsilon, radius, float(epsilon), "global")
+
+
+class MarginCertifier:
+    """`certify_logits` for one K_ij and O_ij, checked and prepared once: a frozen net certifies every batch
+    with the same constants, and after a large forward pass each check costs microseconds."""
+
+    def __init__(self, margin_lipschitz: torch.Tensor, offsets: torch.Tensor) -> None:
+        self.margin_lipschitz, self.offsets = margin_lipschitz, offsets
+        self.compiled = native.certify_plan(margin_lipschitz, offsets)
+
+    def __call__(self, logits: torch.Tensor, epsilon: float) -> Certificate:
+        compiled = None if self.compiled is None else self.compiled(logits, epsilon)
+        if compiled is None:
+            return reference_certificate(logits, self.margin_lipschitz, epsilon, self.offsets)
+        predictions, certified, radius = compiled
+        return Certificate(predictions, certified, radius, float(epsilon), "global")
+
+    def __getstate__(self) -> dict:  # the compiled plan holds this process's addresses
+        return {"margin_lipschitz": self.margin_lipschitz, "offsets": self.offsets}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["margin_lipschitz"], state["offsets"])

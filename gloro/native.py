@@ -180,35 +180,45 @@ def certify(
     """Predictions, certified mask and radii as `margin.certify_logits` defines them, for float32 logits and
     float64 m×m K_ij and O_ij on the CPU; None where this does not apply (other dtypes or devices, or no
     library), so the caller computes them with PyTorch."""
-    square = (logits.shape[1], logits.shape[1]) if logits.dim() == 2 else None
+    plan = certify_plan(margin_lipschitz, offsets, copy=False)
+    return None if plan is None else plan(logits, epsilon)
+
+
+def certify_plan(margin_lipschitz: torch.Tensor, offsets: torch.Tensor, copy: bool = True):
+    """`certify` with K_ij and O_ij checked once: a function of (logits, ε) giving the same result (None for
+    logits it does not take), or None where K_ij and O_ij do not apply. A frozen net keeps one, since after
+    a large forward pass every check of a tensor's attributes costs microseconds. With `copy` it reads
+    private copies, so that nothing outside can resize or overwrite what the compiled loop reads."""
+    classes = margin_lipschitz.shape[0] if margin_lipschitz.dim() == 2 else -1
     if not (
-        logits.dim() == 2
-        and margin_lipschitz.shape == offsets.shape == square
-        and logits.device.type == margin_lipschitz.device.type == offsets.device.type == "cpu"
-        and logits.dtype == torch.float32
+        margin_lipschitz.shape == offsets.shape == (classes, classes)
+        and margin_lipschitz.device.type == offsets.device.type == "cpu"
         and margin_lipschitz.dtype == offsets.dtype == torch.float64
         and library() is not None
     ):
         return None
-    y, k, o = logits.detach().contiguous(), margin_lipschitz.detach().contiguous(), offsets.detach().contiguous()
-    classes = y.shape[1]
-    top = torch.empty(len(y), dtype=torch.int64)
-    radius = torch.empty(len(y), dtype=torch.float64)
-    certified = torch.empty(len(y), dtype=torch.bool)
-    status = library().gloro_certify(
-        y.data_ptr(),
-        len(y),
-        classes,
-        k.data_ptr(),
-        o.data_ptr(),
-        epsilon,
-        top.data_ptr(),
-        radius.data_ptr(),
-        certified.data_ptr(),
-    )
-    if status:
-        raise ValueError(f"certify needs logits with at least one class, got {classes}")
-    return top, certified, radius
+    k, o = (t.detach().clone() if copy else t.detach().contiguous() for t in (margin_lipschitz, offsets))
+    k_pointer, o_pointer, compiled = k.data_ptr(), o.data_ptr(), library().gloro_certify
+    cpu, float32 = torch.device("cpu"), torch.float32
+
+    def run(logits: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if logits.dtype != float32 or logits.device != cpu or logits.dim() != 2 or logits.shape[1] != classes:
+            return None
+        y = logits if logits.is_contiguous() else logits.contiguous()  # data_ptr needs no detach
+        count = len(y)
+        top = torch.empty(count, dtype=torch.int64)
+        radius = torch.empty(count, dtype=torch.float64)
+        certified = torch.empty(count, dtype=torch.bool)
+        status = compiled(
+            y.data_ptr(), count, classes, k_pointer, o_pointer, epsilon, top.data_ptr(), radius.data_ptr(),
+            certified.data_ptr(),
+        )  # fmt: skip
+        if status:
+            raise ValueError(f"certify needs logits with at least one class, got {classes}")
+        return top, certified, radius
+
+    run.tensors = (k, o)  # kept alive with the function
+    return run
 
 
 def unchanged_plan(current: list[torch.Tensor], frozen: list[torch.Tensor]):

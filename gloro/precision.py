@@ -28,6 +28,7 @@ PRECISION_SETTINGS = (
 )
 DEVICE_BACKENDS = {"cpu": ("generic", "mkldnn"), "cuda": ("generic", "cuda")}
 EXACT = ("ieee", "none")
+AUTOCAST_DEVICES = {None: ("cpu", "cuda"), "cpu": ("cpu",), "cuda": ("cuda",)}
 
 
 @functools.cache
@@ -51,10 +52,6 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _get(setting: tuple[str, str]) -> str:
-    return torch._C._get_fp32_precision_getter(*setting)
-
-
 def _set(setting: tuple[str, str], value: str) -> None:
     torch._C._set_fp32_precision_setter(*setting, value)
 
@@ -75,15 +72,16 @@ class exact_arithmetic(contextlib.ContextDecorator):  # noqa: N801 - used like a
 
     def __enter__(self) -> exact_arithmetic:
         device_type = self.device_type
-        changed = [(s, value) for s in _settings(device_type) if (value := _get(s)) not in EXACT]
-        cudnn = device_type != "cpu" and _cuda() and torch.backends.cudnn.enabled
+        get = torch._C._get_fp32_precision_getter
+        changed = [(s, value) for s in _settings(device_type) if (value := get(*s)) not in EXACT]
         for setting, _ in changed:
             _set(setting, "ieee")
+        cudnn = device_type != "cpu" and _cuda() and torch.backends.cudnn.enabled
         if cudnn:
             torch.backends.cudnn.enabled = False  # its FFT and Winograd convolutions are not inner products
         stack = None
-        for device in ("cpu", "cuda"):
-            if (device_type or device) == device and torch.is_autocast_enabled(device):
+        for device in AUTOCAST_DEVICES.get(device_type, ()):
+            if torch.is_autocast_enabled(device):
                 stack = stack or contextlib.ExitStack()
                 stack.enter_context(torch.autocast(device, enabled=False))
         self.saved.append((changed, cudnn, stack))

@@ -93,12 +93,23 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
     assert "tiny_imagenet_36_kw is not run: the exact l2 KW dual" in jobs.stderr
 
 
-def test_the_slurm_profile_gives_a_gpu_to_every_rule_that_declares_one():
-    profile = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text())
-    gpu_rules = {path.stem for path in (ROOT / "workflow" / "rules").glob("*.smk") if "gpu=GPU" in path.read_text()}
-    assert gpu_rules == {"train", "certify", "attack", "bounds"}
-    for rule in gpu_rules:
-        assert "--gres=gpu:1" in profile["set-resources"][rule]["slurm_extra"]
+@pytest.mark.parametrize(
+    ("device", "gpu", "partition"), [("auto", 1, "gpu"), ("cuda:1", 1, "a100"), ("cpu", 0, "short")]
+)
+def test_model_jobs_ask_for_a_gpu_and_its_partition_only_when_the_device_may_be_one(tmp_path, device, gpu, partition):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "results")
+    overrides = [f"device={device}", "slurm={cpu_partition: short, gpu_partition: a100}" if partition != "gpu" else ""]
+    result = snakemake("-n", "--configfile", str(config), "--config", *filter(None, overrides))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = result.stdout.split("\nrule ")[1:]
+    model_jobs = [job for job in jobs if job.startswith(("train", "certify", "attack", "bounds"))]
+    assert len(model_jobs) == 8  # two experiments
+    for job in model_jobs:
+        assert f"gpu={gpu}, slurm_partition={partition}" in job
+    report = next(job for job in jobs if job.startswith("report"))
+    assert "gpu=" not in report and f"slurm_partition={'short' if partition != 'gpu' else 'cpu'}" in report
+    profile = (ROOT / "profiles" / "slurm" / "config.yaml").read_text()
+    assert "slurm_extra" not in profile and "gres" not in profile  # the plugin refuses GPUs asked that way
 
 
 @pytest.mark.slow

@@ -19,5 +19,6 @@ rule attack:
     resources:
         mem_mb=4000,
         gpu=GPU,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/attack.py"

@@ -18,5 +18,6 @@ rule bounds:
     resources:
         mem_mb=8000,
         gpu=GPU,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/bounds.py"

@@ -20,5 +20,6 @@ rule certify:
     resources:
         mem_mb=4000,
         gpu=GPU,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/certify.py"

@@ -72,4 +72,7 @@ DATA_OPTIONS = {
     "download": config["download"],
 }
 GPU = 1 if config["device"] in ("auto", "cuda") or config["device"].startswith("cuda") else 0
+# the SLURM partitions of the jobs that run a model (and may take a GPU) and of the report (local runs ignore both)
+MODEL_PARTITION = config["slurm"]["gpu_partition" if GPU else "cpu_partition"]
+REPORT_PARTITION = config["slurm"]["cpu_partition"]
 DATASET_PATTERN = "|".join(re.escape(name) for name in datasets())

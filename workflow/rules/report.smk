@@ -39,5 +39,6 @@ rule report:
     threads: 1
     resources:
         mem_mb=2000,
+        slurm_partition=REPORT_PARTITION,
     script:
         "../scripts/report.py"

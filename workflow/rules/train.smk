@@ -19,5 +19,6 @@ rule train:
     resources:
         mem_mb=8000,
         gpu=GPU,
+        slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/train.py"

@@ -48,3 +48,5 @@ onsuccess:
     table = Path(RESULTS) / "tables" / "table1.md"
     if table.is_file():
         print(f"\n{table}:\n\n{table.read_text()}")
+    if left_out_note():
+        print(left_out_note())

@@ -2,9 +2,8 @@
 
 PyTorch allocates CPU tensors with the C library's malloc. By default glibc maps every block above a
 (self-adjusting, at most 32 MiB) threshold afresh and returns freed memory at the top of its heap to the
-system, so each training step page-faults its activations in again: 12 GloRo 6C2F steps at batch 256
-took 0.8–1.1M page faults and 3 s in the kernel by default, 80–90k and 0.3 s with this setting, and each
-step 10–20% less time. On GPUs, PyTorch's caching allocator avoids exactly this.
+system, so each training step page-faults its activations in again (measured in benchmarks/README.md).
+On GPUs, PyTorch's caching allocator avoids exactly this.
 """
 
 from __future__ import annotations

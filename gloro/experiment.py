@@ -134,11 +134,13 @@ class Experiment:
 
 @dataclass(frozen=True)
 class DataOptions:
-    """Where data sets are looked for and cached, and whether a download is allowed."""
+    """Where data sets are looked for and cached, whether a download is allowed, and whether files that
+    differ from the official release are refused (`strict`, the default) or read with a warning."""
 
     data_dir: str | None = None
     cache_dir: str | None = None
     download: bool = False
+    strict: bool = True
 
     def load(self, experiment: Experiment, split: str, progress: bool = False) -> Split:
         return load_dataset(
@@ -147,6 +149,7 @@ class DataOptions:
             data_dir=self.data_dir,
             cache_dir=self.cache_dir,
             download=self.download,
+            strict=self.strict,
             subset=experiment.subset_for(split),
             progress=progress,
         )
@@ -307,6 +310,17 @@ def warm_up(net: GloroNet, train_split: Split, experiment: Experiment, device: t
     return {"epochs": len(history), **history.cost()}
 
 
+def load_for_evaluation(experiment: Experiment, run_dir: Path, device: torch.device) -> tuple[GloroNet, dict]:
+    """The trained net, evaluated at the config's eval ε rather than the one saved in its checkpoint (they
+    differ when the config changed after training), and a record of both for the stage's result."""
+    net = load(Path(run_dir) / "model.pt", map_location=device)
+    record = {"eval_epsilon": experiment.eval_epsilon, "eval_epsilon_from": "config"}
+    if net.eval_epsilon != experiment.eval_epsilon:
+        record["checkpoint_eval_epsilon"] = net.eval_epsilon
+    net.eval_epsilon = experiment.eval_epsilon
+    return net, record
+
+
 def certify_experiment(
     experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, radii: list[float], batch_size: int
 ) -> dict:
@@ -320,7 +334,7 @@ def certify_experiment(
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
     images, labels = test_split.float_images(), test_split.labels
-    net = load(run_dir / "model.pt", map_location=device)
+    net, epsilon_record = load_for_evaluation(experiment, run_dir, device)
     start = time.perf_counter()
     net.freeze()
     freeze_seconds = time.perf_counter() - start
@@ -342,6 +356,7 @@ def certify_experiment(
         "rejection_rate": 1 - primary["certified_rate"],
         "sec_per_point": primary["sec_per_point"],
         "certificates": rows,
+        **epsilon_record,
         "global": report.metrics,
         "freeze_seconds": freeze_seconds,
         "test_data": test_split.metadata(),
@@ -386,13 +401,18 @@ def attack_experiment(
     job's log (each can take a quarter of an hour at the paper's settings)."""
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
-    net = load(run_dir / "model.pt", map_location=device).freeze()
+    net, epsilon_record = load_for_evaluation(experiment, run_dir, device)
+    net.freeze()
     images, labels = test_split.float_images(), test_split.labels
     options = {"steps": pgd["steps"], "step_size": pgd["step_size"], "restarts": pgd["restarts"]}
     attack = pgd_accuracy(
         net.model, images, labels, net.eval_epsilon, seed=experiment.seed, progress=progress, **options
     )
-    result = {"pgd_accuracy": attack.metrics["robust_accuracy"], "attack_settings": attack.metrics["settings"]}
+    result = {
+        "pgd_accuracy": attack.metrics["robust_accuracy"],
+        "attack_settings": attack.metrics["settings"],
+        **epsilon_record,
+    }
     certificates = read_certificates(run_dir / "certificates.csv", net.eval_epsilon)
     # the global radii (the certify stage's, else computed): how far below them would a plant be caught?
     reference = next((c for c in certificates if c.method == "global"), None) or certify_all(net, images)
@@ -437,7 +457,8 @@ def bounds_experiment(
     """
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
-    net = load(run_dir / "model.pt", map_location=device).freeze()
+    net, epsilon_record = load_for_evaluation(experiment, run_dir, device)
+    net.freeze()
     images, labels = test_split.float_images()[:points], test_split.labels[:points]
     tightness = global_tightness(
         net, inputs=images, steps=tightness_steps, seed=experiment.seed, max_pairs=tightness_pairs
@@ -445,6 +466,6 @@ def bounds_experiment(
     tightness.pop("pairs", None)
     names = list(dict.fromkeys(["global", "local", *certifiers, *experiment.certifiers]))
     rows = compare_certifiers(net, images, labels, net.eval_epsilon, names)
-    result = {"certifiers": rows, "tightness": tightness}
+    result = {"certifiers": rows, "tightness": tightness, **epsilon_record}
     write_json(run_dir / "bounds.json", result)
     return result

@@ -379,7 +379,7 @@ def conv2d_sound_norm(
     explicit: bool = True,
 ) -> torch.Tensor:
     """Sound ‖conv‖₂ at input shape (C, H, W): the explicit matrix's when small (and `explicit`), else the
-    circulant bound (a little looser, and 16–50× faster on a 2C2F's convolutions)."""
+    circulant bound (a little looser, and much faster to compute)."""
     w = weight.detach()
     out_hw = conv_output_hw(input_shape[1:], w.shape[2:], stride, padding)
     entries = math.prod(input_shape) * w.shape[0] * math.prod(out_hw)

@@ -18,8 +18,8 @@ cheaper. This module is the local side of that comparison. For a point x0 and th
    K_ij (both are sound, so their minimum is); hence K^local ≤ K by construction.
 
 x0 is certified at ε iff min_{i≠j} (y_j − y_i)/K^local_ij ≥ ε. Since K^local holds on every smaller ball too,
-min(that ratio, ε) is a sound certified radius. Bounds are computed in float64 from the float32 weights and
-certify the real-valued network, as the global certificate does.
+min(that ratio, ε) is a sound certified radius. Bounds are computed in float64 from the float32 weights, and
+each margin gives up the global certificate's rounding offsets O_ij, so that it holds for the float network too.
 
 A second local certifier, CROWN from an ℓ2 ball (`certify_crown`), sits apart at the end of the module: it bounds
 the margins directly rather than through a Lipschitz constant.

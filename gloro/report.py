@@ -248,6 +248,27 @@ TABLE1_COLUMNS = [
 ]
 
 
+def cost_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The certification cost as a reader wants it: VRA in percent, milliseconds and thousands of points
+    per second to two significant digits, ratios as 1.0×."""
+    return pd.DataFrame(
+        {
+            "Experiment": table["experiment"],
+            "ε": [radius_label(e) for e in table["eval_epsilon"]],
+            "Points": table["points"],
+            "VRA % global": [f"{100 * v:.1f}" for v in table["vra_global"]],
+            "VRA % local": [f"{100 * v:.1f}" for v in table["vra_local"]],
+            "Only local": table["certified_local_only"],
+            "Global ms/point": [significant(1000 * v) for v in table["sec_per_point_global"]],
+            "Local ms/point": [significant(1000 * v) for v in table["sec_per_point_local"]],
+            "Local ÷ global": [f"{significant(v)}×" for v in table["local_over_global_time"]],
+            "Forward k points/s": [significant(v / 1000) for v in table["forward_points_per_second"]],
+            "Certify k points/s": [significant(v / 1000) for v in table["certify_points_per_second"]],
+            "Certify ÷ forward": [f"{significant(v)}×" for v in table["certify_over_forward_throughput"]],
+        }
+    )
+
+
 def significant(value: float, digits: int = 2) -> str:
     """`value` to `digits` significant digits, without exponents (0.0042, 1.3, 57, 690)."""
     if value is None or pd.isna(value):
@@ -291,15 +312,34 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
     return view
 
 
+def measured_on(runs: pd.DataFrame, date: str) -> str:
+    """'2026-12-01 on AMD EPYC, 2 threads, torch 2.13.0+cpu': when and where a run's numbers were measured."""
+    devices = "; ".join(sorted(set(runs["device_name"])))
+    return f"{date} on {devices}, torch {runs['torch_version'].iloc[0]}"
+
+
+def cost_caption(runs: pd.DataFrame, date: str) -> str:
+    return (
+        f"Certification cost, measured {measured_on(runs, date)}: the global and local certificates on the same "
+        "test points (local: per-point Lipschitz bounds; only local: points it certifies and the global one does "
+        "not), and throughput over the whole test split, certifying (forward pass and certificate) against the "
+        "plain forward pass of the same batches."
+    )
+
+
+def comparison_caption(runs: pd.DataFrame, date: str) -> str:
+    return (
+        f"Certifiers compared on the same test points, measured {measured_on(runs, date)}; the first of each "
+        "experiment is the reference for the last two columns."
+    )
+
+
 def table1_caption(runs: pd.DataFrame, date: str) -> str:
     """One line under the table: where and when it was measured, and what the parentheses and ratios mean."""
-    devices = "; ".join(sorted(set(runs["device_name"])))
     sources = "published numbers in parentheses (sources in table1.csv)"
     memory = "peak memory: CUDA max allocated on a GPU, the job's peak RSS on the CPU"
     ratios = "ratios: GloRo's training seconds per image and peak memory over the baseline's, same run and machine"
-    return (
-        f"Table 1, measured {date} on {devices}, torch {runs['torch_version'].iloc[0]}; {sources}; {memory}; {ratios}."
-    )
+    return f"Table 1, measured {measured_on(runs, date)}; {sources}; {memory}; {ratios}."
 
 
 def published_cell(published: pd.DataFrame, key: tuple, method: str, metric: str):
@@ -446,16 +486,19 @@ def write_report(
     write_csv(radius_table, tables_dir / "vra_by_radius.csv")
     table = table1(runs, pd.read_csv(published), not_run)
     write_csv(table, tables_dir / "table1.csv")
-    view, caption = table1_view(table), table1_caption(runs, datetime.date.today().isoformat())
+    today = datetime.date.today().isoformat()
+    view, caption = table1_view(table), table1_caption(runs, today)
     write_text(tables_dir / "table1.md", markdown_table(view) + "\n" + caption + "\n")
     latex = view.to_latex(index=False, na_rep="", caption=caption, label="tab:table1")
     write_text(tables_dir / "table1.tex", latex)
     comparison = certifier_comparison(run_dirs)
     write_csv(comparison, tables_dir / "certifier_comparison.csv")
-    write_text(tables_dir / "certifier_comparison.md", markdown_table(comparison_view(comparison)))
+    comparison_md = markdown_table(comparison_view(comparison)) + "\n" + comparison_caption(runs, today) + "\n"
+    write_text(tables_dir / "certifier_comparison.md", comparison_md)
     cost = certification_cost(runs, run_dirs)
     write_csv(cost, tables_dir / "certification_cost.csv")
-    write_text(tables_dir / "certification_cost.md", markdown_table(cost))
+    cost_md = markdown_table(cost_view(cost)) + "\n" + cost_caption(runs, today) + "\n"
+    write_text(tables_dir / "certification_cost.md", cost_md)
     globally_certified = set(runs.loc[runs["certifier"] == "global", "experiment"])
     plot_vra_by_radius(radius_table[radius_table["experiment"].isin(globally_certified)], figures_dir / "vra_by_radius")
     history = pd.concat(histories, ignore_index=True)

@@ -191,7 +191,7 @@ def train(
         if eval_images is not None:
             start = time.perf_counter()
             # the global certificate's per-epoch K uses convs' circulant bounds: sound, a little looser than
-            # the explicit operators that certification of the final model uses, and 16–50× faster on a 2C2F
+            # the explicit operators that certification of the final model uses, and much faster on a 2C2F
             options = {"fast_bounds": True} if eval_certifier == "global" else {}
             certifier = create_certifier(eval_certifier, batch_size=eval_batch_size, **options)
             result = certified_metrics(certifier, net, eval_images, eval_labels, eval_epsilon)

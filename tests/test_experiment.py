@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import gloro
-from gloro.experiment import DataOptions, Experiment, train_experiment
+from gloro.experiment import (
+    DataOptions,
+    Experiment,
+    attack_experiment,
+    bounds_experiment,
+    certify_experiment,
+    train_experiment,
+)
 
 SETTINGS = {
     "dataset": "digits",
@@ -59,3 +66,19 @@ def test_a_job_killed_after_its_warm_up_resumes_without_warming_up_again(tmp_pat
     assert warm_ups == [1]
     assert summary["warmup"]["epochs"] == 1 and summary["epochs"] == 2
     assert not (tmp_path / "scratch.pt").exists() and not (tmp_path / "warmup.json").exists()
+
+
+def test_the_evaluation_stages_use_the_configs_eval_epsilon_and_say_so(tmp_path):
+    trained = Experiment.from_config("eps", SETTINGS)  # checkpoint saved with eval ε 0.3
+    train_experiment(trained, tmp_path, DataOptions(), torch.device("cpu"), progress=False)
+    changed = Experiment.from_config("eps", {**SETTINGS, "eval_epsilon": 0.1})  # the config changed since
+    cpu = torch.device("cpu")
+    certified = certify_experiment(changed, tmp_path, DataOptions(), cpu, radii=[0.1], batch_size=64)
+    attacked = attack_experiment(changed, tmp_path, DataOptions(), cpu, {"steps": 3, "restarts": 1, "step_size": None})
+    bounds = bounds_experiment(changed, tmp_path, DataOptions(), cpu, points=8, tightness_steps=2, tightness_pairs=2)
+    for result in (certified, attacked, bounds):
+        assert result["eval_epsilon"] == 0.1 and result["eval_epsilon_from"] == "config"
+        assert result["checkpoint_eval_epsilon"] == 0.3
+    assert certified["epsilon"] == 0.1 and attacked["attack_settings"]["eps"] == 0.1
+    assert {row["epsilon"] for row in bounds["certifiers"]} == {0.1}
+    assert json.loads((tmp_path / "attack.json").read_text())["eval_epsilon"] == 0.1

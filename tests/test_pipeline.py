@@ -15,6 +15,7 @@ import torch
 import yaml
 
 import gloro.data
+import gloro.experiment as experiment_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,8 +117,15 @@ def test_model_jobs_ask_for_a_gpu_and_its_partition_only_when_the_device_may_be_
 def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     results = tmp_path / "results"
     config = write_config(tmp_path / "tiny.yaml", results, baselines=True)
+    settings = yaml.safe_load(config.read_text())
+    absent = {**settings["experiments"]["tiny_gloro"], "dataset": "mnist", "when_available": True}
+    settings["experiments"]["tiny_absent"] = absent  # no MNIST here: left out, and the final summary says so
+    config.write_text(yaml.safe_dump(settings))
     first = snakemake("--configfile", str(config))
     assert first.returncode == 0, first.stderr[-3000:]
+    summary = first.stdout + first.stderr
+    assert "note: left out, for want of their data (mnist): tiny_absent" in summary
+    assert "download=true" in summary.split("note: left out")[-1]
     for split in ("train", "test"):  # prepared once, by rule prepare_data, for both experiments
         assert (tmp_path / "cache" / f"digits-{split}.pt").is_file()
     assert (results / "logs" / "prepare_data" / "digits.log").is_file()
@@ -160,6 +168,10 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert "| KW |" in markdown and "×" in markdown and "Table 1, measured" in markdown
     assert not re.search(r"\d\.\d{5,}", markdown.split("Table 1, measured")[0])  # no raw floats in the cells
     assert "\\caption{Table 1, measured" in (results / "tables" / "table1.tex").read_text()
+    for name, caption in (("certification_cost", "Certification cost, measured"), ("certifier_comparison", "measured")):
+        text = (results / "tables" / f"{name}.md").read_text()
+        assert caption in text and "| Experiment |" in text
+        assert not re.search(r"\d\.\d{5,}|e-0\d", text.split(caption)[0])  # rounded cells, no exponents
     cost = pd.read_csv(results / "tables" / "certification_cost.csv")
     assert (cost["vra_local"] >= cost["vra_global"]).all()  # the local bound is never looser
     assert (cost["certify_over_forward_throughput"] > 0).all()
@@ -274,3 +286,17 @@ def test_the_paper_config_trains_and_certifies_each_data_set_unchanged_but_for_s
     assert tiny.input_shape == (3, 64, 64) and tiny.num_classes == 200
     tiny_bcp = json.loads((runs / "tiny_imagenet_36_bcp" / "train.json").read_text())  # 200 classes, 8C2F
     assert tiny_bcp["method"]["name"] == "bcp" and tiny_bcp["experiment"]["architecture"] == "8C2F"
+
+
+def test_strict_checksums_false_is_passed_to_prepare_data_and_to_every_job(tmp_path, monkeypatch):
+    config = write_config(tmp_path / "c.yaml", tmp_path / "results")
+    relaxed = snakemake("-n", "-p", "--configfile", str(config), "--config", "strict_checksums=false")
+    assert relaxed.returncode == 0, relaxed.stderr[-3000:]
+    assert "gloro.data prepare digits" in relaxed.stdout and "--no-strict" in relaxed.stdout
+    strict = snakemake("-n", "-p", "--configfile", str(config))
+    assert "gloro.data prepare digits" in strict.stdout and "--no-strict" not in strict.stdout
+    seen = {}  # the jobs read the cached splits through DataOptions, which must pass the same switch on
+    monkeypatch.setattr(experiment_module, "load_dataset", lambda *args, **kwargs: seen.update(kwargs))
+    settings = yaml.safe_load(config.read_text())["experiments"]["tiny_gloro"]
+    experiment_module.DataOptions(strict=False).load(experiment_module.Experiment.from_config("tiny", settings), "test")
+    assert seen["strict"] is False

@@ -7,6 +7,9 @@ from gloro.data import cache_file, dataset_available, datasets
 from gloro.experiment import Experiment
 
 
+LEFT_OUT = {}  # experiment -> data set, for those selected_experiments leaves out for want of their data
+
+
 def selected_experiments(config):
     """Every experiment, less those marked when_available whose data cannot be read without a download."""
     names = []
@@ -20,11 +23,28 @@ def selected_experiments(config):
             settings["dataset"], data_dir=config["data_dir"], cache_dir=config["data_cache"]
         ):
             print(f"note: leaving out {name}: {settings['dataset']} is not on this machine", file=sys.stderr)
+            LEFT_OUT[name] = settings["dataset"]
             continue
         names.append(name)
     if not names:
         raise ValueError("no experiment can run: every one is marked not_run, or when_available and lacks its data")
     return names
+
+
+def left_out_note():
+    """What the run left out for want of data, and how to add it; empty when nothing was."""
+    if not LEFT_OUT:
+        return ""
+    names = ", ".join(sorted(LEFT_OUT))
+    datasets = sorted(set(LEFT_OUT.values()))
+    ways = []
+    if "fashion-mnist" in datasets:
+        ways.append("Fashion-MNIST: apt-get install dataset-fashion-mnist (Debian, Ubuntu)")
+    ways.append("any data set: --config download=true, or data_dir=<folder with the official files>")
+    return (
+        f"note: left out, for want of their data ({', '.join(datasets)}): {names}. "
+        f"To add them, then run the same command again: {'; '.join(ways)}."
+    )
 
 
 def not_run_experiments(config):
@@ -58,6 +78,8 @@ def prepare_options():
         options += ["--data-dir", config["data_dir"]]
     if not config["download"]:
         options.append("--no-download")
+    if not config["strict_checksums"]:
+        options.append("--no-strict")
     return " ".join(shlex.quote(option) for option in options)
 
 
@@ -70,6 +92,7 @@ DATA_OPTIONS = {
     "data_dir": config["data_dir"],
     "cache_dir": config["data_cache"],
     "download": config["download"],
+    "strict": config["strict_checksums"],
 }
 GPU = 1 if config["device"] in ("auto", "cuda") or config["device"].startswith("cuda") else 0
 # the SLURM partitions of the jobs that run a model (and may take a GPU) and of the report (local runs ignore both)

@@ -371,16 +371,27 @@ def save_figure(figure, stem: Path) -> None:
     plt.close(figure)
 
 
-def plot_vra_by_radius(table: pd.DataFrame, stem: Path) -> None:
-    """VRA against the certified radius, one line per experiment (distinct markers for grayscale)."""
+def plot_vra_by_radius(table: pd.DataFrame, stem: Path, published: pd.DataFrame | None = None) -> None:
+    """VRA against the certified radius, one line per experiment (distinct markers for grayscale); where
+    Table 1 has a published VRA for an experiment (`published`: experiment, epsilon, vra_reported in %),
+    a hollow marker of the same colour at its ε."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    reported = {} if published is None else {
+        row["experiment"]: (row["epsilon"], row["vra_reported"] / 100)
+        for _, row in published.iterrows()
+        if not pd.isna(row["vra_reported"])
+    }  # fmt: skip
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for (name, group), marker in zip(table.groupby("experiment"), "os^vDP*X", strict=False):
-        axis.plot(group["radius"], group["vra"], marker=marker, label=name)
+        (line,) = axis.plot(group["radius"], group["vra"], marker=marker, label=name)
+        if name in reported:
+            epsilon, vra = reported[name]
+            axis.plot([epsilon], [vra], marker=marker, markersize=11, fillstyle="none", color=line.get_color(),
+                      linestyle="none", label=f"{name}, published")  # fmt: skip
     axis.set_xlabel("radius ε (ℓ2, pixels in [0, 1])")
     axis.set_ylabel("verified-robust accuracy")
     axis.set_ylim(0, 1)
@@ -389,8 +400,12 @@ def plot_vra_by_radius(table: pd.DataFrame, stem: Path) -> None:
     save_figure(figure, stem)
 
 
-def plot_training_curves(history: pd.DataFrame, stem: Path) -> None:
-    """Loss, clean accuracy, training VRA and ε over epochs, one line per experiment."""
+def plot_training_curves(
+    history: pd.DataFrame, stem: Path, best_epochs: Mapping[str, int | None] | None = None
+) -> None:
+    """Per epoch, one line per experiment: training loss, accuracy and VRA on the training batches, clean
+    accuracy and VRA on the test points certified after each epoch, and train ε; a star marks the epoch of
+    each run's best-on-test checkpoint (`best_epochs`: experiment → epoch, counted from 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -398,18 +413,29 @@ def plot_training_curves(history: pd.DataFrame, stem: Path) -> None:
 
     panels = [
         ("loss", "training loss"),
-        ("clean_accuracy", "clean accuracy (train)"),
-        ("vra", "VRA at train ε (train)"),
+        ("clean_accuracy", "clean accuracy, training batches"),
+        ("vra", "VRA at train ε, training batches"),
         ("epsilon", "train ε"),
+        ("eval_clean_accuracy", "clean accuracy, test"),
+        ("eval_vra", "VRA at eval ε, test"),
     ]
-    figure, axes = plt.subplots(1, 4, figsize=(14, 3))
-    for axis, (column, label) in zip(axes, panels, strict=True):
+    figure, axes = plt.subplots(2, 3, figsize=(13, 6.5), layout="constrained")
+    for axis, (column, label) in zip(axes.flat, panels, strict=True):
         for name, group in history.groupby("experiment"):
-            axis.plot(group["epoch"] + 1, group[column], label=name)
+            if column not in group or group[column].isna().all():
+                continue
+            (line,) = axis.plot(group["epoch"] + 1, group[column], label=name)
+            best = (best_epochs or {}).get(name)
+            if column == "eval_vra" and best is not None and not pd.isna(best):
+                at = group[group["epoch"] == best]
+                axis.plot(at["epoch"] + 1, at[column], marker="*", markersize=12, color=line.get_color(),
+                          linestyle="none")  # fmt: skip
         axis.set_xlabel("epoch")
-        axis.set_ylabel(label)
+        axis.set_title(label, fontsize=10)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
+    (star,) = axes.flat[5].plot([], [], marker="*", color="gray", linestyle="none", label="best-on-test checkpoint")
+    axes.flat[5].legend(handles=[star], fontsize=7)
     save_figure(figure, stem)
 
 
@@ -500,8 +526,10 @@ def write_report(
     cost_md = markdown_table(cost_view(cost)) + "\n" + cost_caption(runs, today) + "\n"
     write_text(tables_dir / "certification_cost.md", cost_md)
     globally_certified = set(runs.loc[runs["certifier"] == "global", "experiment"])
-    plot_vra_by_radius(radius_table[radius_table["experiment"].isin(globally_certified)], figures_dir / "vra_by_radius")
+    shown = radius_table[radius_table["experiment"].isin(globally_certified)]
+    plot_vra_by_radius(shown, figures_dir / "vra_by_radius", table[["experiment", "epsilon", "vra_reported"]])
     history = pd.concat(histories, ignore_index=True)
-    plot_training_curves(history, figures_dir / "training_curves")
+    best_epochs = dict(zip(runs["experiment"], runs["best_on_test_epoch"], strict=True))
+    plot_training_curves(history, figures_dir / "training_curves", best_epochs)
     plot_epoch_cost(history, figures_dir / "epoch_cost")
     plot_tightness(run_dirs, figures_dir / "tightness")

@@ -1,7 +1,9 @@
 """How the tables a user reads are rounded: percent to one decimal, two significant digits, no raw floats."""
 
+import pandas as pd
 import pytest
 
+from gloro import report
 from gloro.evaluate import radius_label
 from gloro.report import significant
 
@@ -16,3 +18,33 @@ def test_two_significant_digits_without_exponents(value, text):
 
 def test_radii_are_named_as_papers_name_them():
     assert [radius_label(e) for e in (0.3, 1.58, 36 / 255, 0.1411764705882353)] == ["0.3", "1.58", "36/255", "36/255"]
+
+
+def test_the_training_curves_mark_the_best_on_test_epoch_on_the_test_vra_panel(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    history = pd.DataFrame(
+        {
+            "experiment": ["a"] * 3 + ["b"] * 3,
+            "epoch": [0, 1, 2] * 2,
+            "loss": [1.0, 0.8, 0.7] * 2,
+            "clean_accuracy": [0.5, 0.6, 0.7] * 2,
+            "vra": [0.1, 0.2, 0.3] * 2,
+            "epsilon": [0.3] * 6,
+            "eval_clean_accuracy": [0.5, 0.7, 0.6, 0.4, 0.5, 0.6],
+            "eval_vra": [0.2, 0.4, 0.3, 0.1, 0.2, 0.3],
+        }
+    )
+    saved = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, stem: saved.append(figure))
+    report.plot_training_curves(history, tmp_path / "curves", {"a": 1, "b": None})
+    (figure,) = saved
+    assert isinstance(figure, Figure) and len(figure.axes) == 6
+    titles = [axis.get_title() for axis in figure.axes]
+    assert "VRA at eval ε, test" in titles and "clean accuracy, test" in titles
+    test_vra = figure.axes[titles.index("VRA at eval ε, test")]
+    stars = [line for line in test_vra.lines if line.get_marker() == "*" and len(line.get_xdata())]
+    assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([2], [0.4])]  # a's epoch 1, shown as 2

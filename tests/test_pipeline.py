@@ -300,3 +300,17 @@ def test_strict_checksums_false_is_passed_to_prepare_data_and_to_every_job(tmp_p
     settings = yaml.safe_load(config.read_text())["experiments"]["tiny_gloro"]
     experiment_module.DataOptions(strict=False).load(experiment_module.Experiment.from_config("tiny", settings), "test")
     assert seen["strict"] is False
+
+
+# Snakemake's lints that this workflow does not follow, each explained in the README's "Linting" paragraph
+ACCEPTED_LINTS = {"Specify a conda environment or container for each rule."}
+
+
+def test_the_test_config_passes_the_linter_and_a_dry_run():
+    linted = snakemake("--lint", "--configfile", ".test/config/config.yaml")
+    findings = set(re.findall(r"^    \* (.+?):?$", linted.stdout + linted.stderr, flags=re.MULTILINE))
+    assert findings <= ACCEPTED_LINTS, findings - ACCEPTED_LINTS
+    assert findings or linted.returncode == 0, linted.stderr[-2000:]
+    dry = snakemake("-n", "--configfile", ".test/config/config.yaml", "--quiet", "rules")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert re.search(r"^total\s+11$", dry.stdout, flags=re.MULTILINE)  # 2 experiments × 4 rules, data, report, all

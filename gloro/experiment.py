@@ -20,7 +20,14 @@ import torch
 
 from gloro.architectures import create_model
 from gloro.atomic import atomic_path, write_json
-from gloro.attack import audit_sensitivity, audit_soundness, pgd_accuracy
+from gloro.attack import (
+    AUTOATTACK_SQUARE_QUERIES,
+    AUTOATTACK_STEPS,
+    audit_sensitivity,
+    audit_soundness,
+    autoattack_accuracy,
+    pgd_accuracy,
+)
 from gloro.certify import Certificate, create_certifier, list_certifiers
 from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import load, save
@@ -394,11 +401,18 @@ def read_certificates(path: Path, epsilon: float) -> list[Certificate]:
 
 
 def attack_experiment(
-    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, pgd: Mapping, progress: bool = True
+    experiment: Experiment,
+    run_dir: Path,
+    data: DataOptions,
+    device: torch.device,
+    pgd: Mapping,
+    progress: bool = True,
+    autoattack: Mapping | None = None,
 ) -> dict:
-    """PGD accuracy at the eval ε on the test split, and a soundness audit of every point that any of the
-    experiment's certifiers certified (read from `certificates.csv`); `progress` shows both advance in the
-    job's log (each can take a quarter of an hour at the paper's settings)."""
+    """PGD accuracy at the eval ε on the test split, optionally ℓ2 AutoAttack's (`autoattack`: enabled,
+    points, steps, square_queries), and a soundness audit of every point that any of the experiment's
+    certifiers certified (read from `certificates.csv`); `progress` shows each advance in the job's log
+    (each can take a quarter of an hour at the paper's settings)."""
     run_dir = Path(run_dir)
     test_split = data.load(experiment, "test")
     net, epsilon_record = load_for_evaluation(experiment, run_dir, device)
@@ -413,6 +427,21 @@ def attack_experiment(
         "attack_settings": attack.metrics["settings"],
         **epsilon_record,
     }
+    if autoattack and autoattack.get("enabled"):
+        points = autoattack.get("points") or len(labels)
+        strongest = autoattack_accuracy(
+            net.model,
+            images[:points],
+            labels[:points],
+            net.eval_epsilon,
+            steps=autoattack.get("steps", AUTOATTACK_STEPS),
+            square_queries=autoattack.get("square_queries", AUTOATTACK_SQUARE_QUERIES),
+            seed=experiment.seed,
+            progress=progress,
+        )
+        result["autoattack_accuracy"] = strongest.metrics["robust_accuracy"]
+        result["autoattack_points"] = min(points, len(labels))
+        result["autoattack_settings"] = strongest.metrics["settings"]
     certificates = read_certificates(run_dir / "certificates.csv", net.eval_epsilon)
     # the global radii (the certify stage's, else computed): how far below them would a plant be caught?
     reference = next((c for c in certificates if c.method == "global"), None) or certify_all(net, images)

@@ -52,6 +52,8 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "vra": certify["vra"],
         "rejection_rate": certify["rejection_rate"],
         "pgd_accuracy": attack["pgd_accuracy"],
+        "autoattack_accuracy": attack.get("autoattack_accuracy"),
+        "autoattack_points": attack.get("autoattack_points"),
         "cert_sec_per_point": certify["sec_per_point"],
         "audited_points": audit["certified"],
         "soundness_violations": sum(a["violations"] for a in audits.values()),
@@ -180,6 +182,8 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
             row[f"{metric}_reported"] = match["value_percent"] if match is not None else None
             row[f"{metric}_source"] = match["source"] if match is not None else None
             row[f"{metric}_diff"] = ours - match["value_percent"] if match is not None else None
+        autoattack = run.get("autoattack_accuracy")
+        row["autoattack"] = None if autoattack is None or pd.isna(autoattack) else 100 * float(autoattack)
         row["sec_per_epoch"] = float(run["sec_per_epoch"])
         row["train_examples"] = int(run["train_examples"])
         row["peak_mem_mb"] = run["peak_mem_mb"]
@@ -237,6 +241,7 @@ TABLE1_COLUMNS = [
     "experiment",
     "certifier",
     *(f"{metric}{suffix}" for metric in TABLE1_METRICS for suffix in ("", "_reported", "_source", "_diff")),
+    "autoattack",  # ℓ2 AutoAttack accuracy in percent, where the run measured it (evaluation.autoattack)
     "sec_per_epoch",
     "train_examples",
     "peak_mem_mb",
@@ -300,6 +305,7 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
             "Method": table["method"],
             "Clean %": [percent(row, "clean") for _, row in table.iterrows()],
             "PGD %": [percent(row, "pgd") for _, row in table.iterrows()],
+            "AutoAttack %": ["" if pd.isna(v) else f"{v:.1f}" for v in table["autoattack"]],
             "VRA %": [percent(row, "vra") for _, row in table.iterrows()],
             "s/epoch": [significant(v) for v in table["sec_per_epoch"]],
             "Peak MB": ["" if pd.isna(v) else f"{v:.0f}" for v in table["peak_mem_mb"]],
@@ -309,6 +315,8 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
             "Note": ["" if pd.isna(v) else v for v in table["note"]],
         }
     )
+    if (view["AutoAttack %"] == "").all():  # not measured in this run: no empty column
+        view = view.drop(columns="AutoAttack %")
     return view
 
 

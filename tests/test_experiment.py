@@ -82,3 +82,17 @@ def test_the_evaluation_stages_use_the_configs_eval_epsilon_and_say_so(tmp_path)
     assert certified["epsilon"] == 0.1 and attacked["attack_settings"]["eps"] == 0.1
     assert {row["epsilon"] for row in bounds["certifiers"]} == {0.1}
     assert json.loads((tmp_path / "attack.json").read_text())["eval_epsilon"] == 0.1
+
+
+def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_path):
+    experiment = Experiment.from_config("aa", SETTINGS)
+    cpu = torch.device("cpu")
+    train_experiment(experiment, tmp_path, DataOptions(), cpu, progress=False)
+    certify_experiment(experiment, tmp_path, DataOptions(), cpu, radii=[0.3], batch_size=64)
+    pgd = {"steps": 5, "restarts": 1, "step_size": None}
+    options = {"enabled": True, "points": 16, "steps": 5, "square_queries": 20}
+    result = attack_experiment(experiment, tmp_path, DataOptions(), cpu, pgd, progress=False, autoattack=options)
+    assert result["autoattack_points"] == 16 and 0 <= result["autoattack_accuracy"] <= 1
+    assert [c["steps"] for c in result["autoattack_settings"]["components"][:3]] == [5, 5, 5]
+    without = attack_experiment(experiment, tmp_path, DataOptions(), cpu, pgd, progress=False)
+    assert "autoattack_accuracy" not in without

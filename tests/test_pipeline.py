@@ -125,7 +125,7 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     summary = first.stdout + first.stderr
     assert "note: left out, for want of their data (mnist): tiny_absent" in summary
-    assert "download=true" in summary.split("note: left out")[-1]
+    assert "download=True" in summary.split("note: left out")[-1]
     for split in ("train", "test"):  # prepared once, by rule prepare_data, for both experiments
         assert (tmp_path / "cache" / f"digits-{split}.pt").is_file()
     assert (results / "logs" / "prepare_data" / "digits.log").is_file()
@@ -290,7 +290,7 @@ def test_the_paper_config_trains_and_certifies_each_data_set_unchanged_but_for_s
 
 def test_strict_checksums_false_is_passed_to_prepare_data_and_to_every_job(tmp_path, monkeypatch):
     config = write_config(tmp_path / "c.yaml", tmp_path / "results")
-    relaxed = snakemake("-n", "-p", "--configfile", str(config), "--config", "strict_checksums=false")
+    relaxed = snakemake("-n", "-p", "--configfile", str(config), "--config", "strict_checksums=False")
     assert relaxed.returncode == 0, relaxed.stderr[-3000:]
     assert "gloro.data prepare digits" in relaxed.stdout and "--no-strict" in relaxed.stdout
     strict = snakemake("-n", "-p", "--configfile", str(config))

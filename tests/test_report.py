@@ -48,3 +48,14 @@ def test_the_training_curves_mark_the_best_on_test_epoch_on_the_test_vra_panel(t
     test_vra = figure.axes[titles.index("VRA at eval ε, test")]
     stars = [line for line in test_vra.lines if line.get_marker() == "*" and len(line.get_xdata())]
     assert [(list(s.get_xdata()), list(s.get_ydata())) for s in stars] == [([2], [0.4])]  # a's epoch 1, shown as 2
+
+
+def test_table1_has_an_autoattack_column_only_when_a_run_measured_it():
+    row = {column: None for column in report.TABLE1_COLUMNS}
+    row.update(dataset="mnist", epsilon=0.3, architecture="2C2F", method="GloRo", clean=99.0, pgd=97.0, vra=95.0)
+    row.update(sec_per_epoch=3.6, peak_mem_mb=400.0, cert_ms_per_point=0.01)
+    without = report.table1_view(pd.DataFrame([row], columns=report.TABLE1_COLUMNS))
+    assert "AutoAttack %" not in without.columns
+    measured = report.table1_view(pd.DataFrame([{**row, "autoattack": 96.04}], columns=report.TABLE1_COLUMNS))
+    assert measured["AutoAttack %"].tolist() == ["96.0"]
+    assert list(measured.columns).index("AutoAttack %") == list(measured.columns).index("PGD %") + 1

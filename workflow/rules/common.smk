@@ -40,7 +40,7 @@ def left_out_note():
     ways = []
     if "fashion-mnist" in datasets:
         ways.append("Fashion-MNIST: apt-get install dataset-fashion-mnist (Debian, Ubuntu)")
-    ways.append("any data set: --config download=true, or data_dir=<folder with the official files>")
+    ways.append("any data set: --config download=True, or data_dir=<folder with the official files>")
     return (
         f"note: left out, for want of their data ({', '.join(datasets)}): {names}. "
         f"To add them, then run the same command again: {'; '.join(ways)}."

@@ -18,4 +18,5 @@ with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contex
         DataOptions(**snakemake.params.data),
         resolve_device(snakemake.params.device),
         pgd=snakemake.params.evaluation["pgd"],
+        autoattack=snakemake.params.evaluation["autoattack"],
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from gloro.data import Split, Subset, load_dataset
 from gloro.evaluate import certification_report, certify_all
 from gloro.gloro_net import GloroNet
 from gloro.methods import get_method
+from gloro.run_files import AttackFiles, BoundsFiles, CertifyFiles, TrainFiles, stage_files
 from gloro.schedules import SCHEDULES, schedule_from_config, schedule_to_config
 from gloro.tightness import global_tightness
 from gloro.train import TrainingRecipe, finished_epochs, train
@@ -224,10 +226,15 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def train_experiment(
-    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, progress: bool = True
+    experiment: Experiment,
+    files: TrainFiles | str | os.PathLike,
+    data: DataOptions,
+    device: torch.device,
+    progress: bool = True,
 ) -> dict:
-    """Train and save `model.pt`, `history.csv` and `train.json` (config, data provenance, cost) in `run_dir`."""
-    run_dir = Path(run_dir)
+    """Train and save the final checkpoint, the best-on-test one, the history and the summary (config, data
+    provenance, cost) at `files` (or under their standard names in a folder)."""
+    files = stage_files(TrainFiles, files)
     train_split = data.load(experiment, "train", progress)
     torch.manual_seed(experiment.seed)
     model = create_model(
@@ -247,7 +254,7 @@ def train_experiment(
         seed=experiment.seed,
     )
     test_split = data.load(experiment, "test", progress)
-    scratch, warmup_file = run_dir / "scratch.pt", run_dir / "warmup.json"
+    scratch, warmup_file = files.scratch, files.warmup
     start = time.perf_counter()
     warmup = None
     if experiment.warmup_epochs and finished_epochs(scratch, recipe) and warmup_file.is_file():
@@ -269,13 +276,13 @@ def train_experiment(
     )
     seconds = time.perf_counter() - start
     metadata = {"experiment": experiment.name, "method": experiment.method, "selection": "final"}
-    save(net.cpu(), run_dir / "model.pt", input_divisor=train_split.divisor, metadata=metadata)
+    save(net.cpu(), files.model, input_divisor=train_split.divisor, metadata=metadata)
     best = history.best
     if best is not None:  # kept for inspection, never mixed with the final model's numbers
         net.load_state_dict(best.state_dict)
         selected = {"experiment": experiment.name, "method": experiment.method, "selection": best.selection}
         selected["epoch"] = best.epoch
-        save(net, run_dir / "model_best_on_test.pt", input_divisor=train_split.divisor, metadata=selected)
+        save(net, files.best_model, input_divisor=train_split.divisor, metadata=selected)
     summary = {
         "experiment": asdict(experiment),
         "method": {"name": experiment.method, "label": experiment.label, "recipe": recipe_settings(recipe)},
@@ -296,8 +303,8 @@ def train_experiment(
             "epsilon": best.epsilon,
         },
     }
-    write_csv(run_dir / "history.csv", list(history))
-    write_json(run_dir / "train.json", summary)
+    write_csv(files.history, list(history))
+    write_json(files.summary, summary)
     scratch.unlink(missing_ok=True)
     warmup_file.unlink(missing_ok=True)
     return summary
@@ -317,10 +324,10 @@ def warm_up(net: GloroNet, train_split: Split, experiment: Experiment, device: t
     return {"epochs": len(history), **history.cost()}
 
 
-def load_for_evaluation(experiment: Experiment, run_dir: Path, device: torch.device) -> tuple[GloroNet, dict]:
+def load_for_evaluation(experiment: Experiment, model: Path, device: torch.device) -> tuple[GloroNet, dict]:
     """The trained net, evaluated at the config's eval ε rather than the one saved in its checkpoint (they
     differ when the config changed after training), and a record of both for the stage's result."""
-    net = load(Path(run_dir) / "model.pt", map_location=device)
+    net = load(model, map_location=device)
     record = {"eval_epsilon": experiment.eval_epsilon, "eval_epsilon_from": "config"}
     if net.eval_epsilon != experiment.eval_epsilon:
         record["checkpoint_eval_epsilon"] = net.eval_epsilon
@@ -329,7 +336,12 @@ def load_for_evaluation(experiment: Experiment, run_dir: Path, device: torch.dev
 
 
 def certify_experiment(
-    experiment: Experiment, run_dir: Path, data: DataOptions, device: torch.device, radii: list[float], batch_size: int
+    experiment: Experiment,
+    files: CertifyFiles | str | os.PathLike,
+    data: DataOptions,
+    device: torch.device,
+    radii: list[float],
+    batch_size: int,
 ) -> dict:
     """Freeze the trained net and certify the test split at the eval ε with each of the experiment's certifiers.
 
@@ -338,10 +350,10 @@ def certify_experiment(
     global certified radius of each correctly classified point, else 0) and `certificates.csv` (every
     certifier's per-point decision, which the attack stage audits).
     """
-    run_dir = Path(run_dir)
+    files = stage_files(CertifyFiles, files)
     test_split = data.load(experiment, "test")
     images, labels = test_split.float_images(), test_split.labels
-    net, epsilon_record = load_for_evaluation(experiment, run_dir, device)
+    net, epsilon_record = load_for_evaluation(experiment, files.model, device)
     start = time.perf_counter()
     net.freeze()
     freeze_seconds = time.perf_counter() - start
@@ -369,9 +381,9 @@ def certify_experiment(
         "test_data": test_split.metadata(),
     }
     radius = torch.where(report.correct, report.radius, torch.zeros_like(report.radius))
-    write_csv(run_dir / "radii.csv", [{"radius": float(r)} for r in radius.tolist()])
-    write_csv(run_dir / "certificates.csv", [row for c in certificates for row in c.point_rows()])
-    write_json(run_dir / "certify.json", result)
+    write_csv(files.radii, [{"radius": float(r)} for r in radius.tolist()])
+    write_csv(files.certificates, [row for c in certificates for row in c.point_rows()])
+    write_json(files.report, result)
     return result
 
 
@@ -402,7 +414,7 @@ def read_certificates(path: Path, epsilon: float) -> list[Certificate]:
 
 def attack_experiment(
     experiment: Experiment,
-    run_dir: Path,
+    files: AttackFiles | str | os.PathLike,
     data: DataOptions,
     device: torch.device,
     pgd: Mapping,
@@ -412,10 +424,11 @@ def attack_experiment(
     """PGD accuracy at the eval ε on the test split, optionally ℓ2 AutoAttack's (`autoattack`: enabled,
     points, steps, square_queries), and a soundness audit of every point that any of the experiment's
     certifiers certified (read from `certificates.csv`); `progress` shows each advance in the job's log
-    (each can take a quarter of an hour at the paper's settings)."""
-    run_dir = Path(run_dir)
+    (each can take a quarter of an hour at the paper's settings). The audit's record goes to
+    `files.violations`: "none" once every audit passed, else the broken points of the failing certifier."""
+    files = stage_files(AttackFiles, files)
     test_split = data.load(experiment, "test")
-    net, epsilon_record = load_for_evaluation(experiment, run_dir, device)
+    net, epsilon_record = load_for_evaluation(experiment, files.model, device)
     net.freeze()
     images, labels = test_split.float_images(), test_split.labels
     options = {"steps": pgd["steps"], "step_size": pgd["step_size"], "restarts": pgd["restarts"]}
@@ -442,12 +455,13 @@ def attack_experiment(
         result["autoattack_accuracy"] = strongest.metrics["robust_accuracy"]
         result["autoattack_points"] = min(points, len(labels))
         result["autoattack_settings"] = strongest.metrics["settings"]
-    certificates = read_certificates(run_dir / "certificates.csv", net.eval_epsilon)
+    certificates = read_certificates(files.certificates, net.eval_epsilon)
     # the global radii (the certify stage's, else computed): how far below them would a plant be caught?
     reference = next((c for c in certificates if c.method == "global"), None) or certify_all(net, images)
     flipped = attack.adversarial_predictions.cpu() != reference.predictions
     result["audit_sensitivity"] = audit_sensitivity(reference.radius, flipped, net.eval_epsilon)
-    write_json(run_dir / "attack.json", {**result, "audit": None, "audits": {}})
+    write_json(files.report, {**result, "audit": None, "audits": {}})
+    files.violations.unlink(missing_ok=True)  # a previous run's record says nothing of this one
     audits = {}
     for certificate in certificates:
         print(f"auditing the {int(certificate.certified.sum())} points {certificate.method} certified", file=sys.stderr)
@@ -456,20 +470,21 @@ def attack_experiment(
             images,
             attack="pgd",
             certificate=certificate,
-            violations_path=run_dir / f"violations_{certificate.method}.json",
+            violations_path=files.violations,
             seed=experiment.seed + 1,
             progress=progress,
             **options,
         )  # raises SoundnessError, naming the file of offending indices, if any certified point breaks
     result["audit"] = audits[experiment.certifiers[0]]
     result["audits"] = audits
-    write_json(run_dir / "attack.json", result)
+    write_json(files.violations, {"violations": "none", "audited_certifiers": list(audits)})
+    write_json(files.report, result)
     return result
 
 
 def bounds_experiment(
     experiment: Experiment,
-    run_dir: Path,
+    files: BoundsFiles | str | os.PathLike,
     data: DataOptions,
     device: torch.device,
     points: int,
@@ -484,9 +499,9 @@ def bounds_experiment(
     bound, every one of `certifiers` and the experiment's own; under `tightness`, sound K_ij over an empirical
     lower bound (optimised input pairs started from those points).
     """
-    run_dir = Path(run_dir)
+    files = stage_files(BoundsFiles, files)
     test_split = data.load(experiment, "test")
-    net, epsilon_record = load_for_evaluation(experiment, run_dir, device)
+    net, epsilon_record = load_for_evaluation(experiment, files.model, device)
     net.freeze()
     images, labels = test_split.float_images()[:points], test_split.labels[:points]
     tightness = global_tightness(
@@ -496,5 +511,5 @@ def bounds_experiment(
     names = list(dict.fromkeys(["global", "local", *certifiers, *experiment.certifiers]))
     rows = compare_certifiers(net, images, labels, net.eval_epsilon, names)
     result = {"certifiers": rows, "tightness": tightness, **epsilon_record}
-    write_json(run_dir / "bounds.json", result)
+    write_json(files.report, result)
     return result

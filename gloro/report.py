@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -18,18 +19,19 @@ import pandas as pd
 from gloro.atomic import atomic_path, write_text
 from gloro.evaluate import radius_label
 from gloro.methods import get_method, methods
+from gloro.run_files import ReportFiles, RunReports, stage_files
 
 PUBLISHED_METHODS = {"gloro": "GloRo", "gloro_trades": "GloRo-T", "kw": "KW", "bcp": "BCP"}
 TABLE1_METRICS = ("clean", "pgd", "vra")
 BASELINES = tuple(label for name in methods() if name != "gloro" for label in get_method(name).labels)  # KW, BCP
 
 
-def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
     """One experiment's row of runs.csv and its per-epoch history."""
-    train = json.loads((run_dir / "train.json").read_text())
-    certify = json.loads((run_dir / "certify.json").read_text())
-    attack = json.loads((run_dir / "attack.json").read_text())
-    history = pd.read_csv(run_dir / "history.csv")
+    train = json.loads(files.train.read_text())
+    certify = json.loads(files.certify.read_text())
+    attack = json.loads(files.attack.read_text())
+    history = pd.read_csv(files.history)
     experiment, cost, best = train["experiment"], train["cost"], train["best_on_test"] or {}
     audit, audits, certified = attack["audit"], attack["audits"], certify["global"]
     method = get_method(experiment["method"])
@@ -85,13 +87,12 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     return row, history.assign(experiment=experiment["name"])
 
 
-def vra_by_radius(run_dirs: Sequence[Path]) -> pd.DataFrame:
+def vra_by_radius(reports: Mapping[str, RunReports]) -> pd.DataFrame:
     """Long table (experiment, certifier, radius, vra): the global certificate's VRA at each radius, from one
     pass (KW and BCP decide one ε at a time, so their nets appear here by the global bound)."""
     rows = []
-    for run_dir in run_dirs:
-        certify = json.loads((run_dir / "certify.json").read_text())
-        name = run_dir.name
+    for name, files in reports.items():
+        certify = json.loads(files.certify.read_text())
         rows += [
             {"experiment": name, "certifier": "global", "radius": r["radius"], "vra": r["vra"]}
             for r in certify["global"]["vra_at_radii"]
@@ -99,12 +100,13 @@ def vra_by_radius(run_dirs: Sequence[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["experiment", "certifier", "radius", "vra"])
 
 
-def certification_cost(runs: pd.DataFrame, run_dirs: Sequence[Path]) -> pd.DataFrame:
+def certification_cost(runs: pd.DataFrame, reports: Mapping[str, RunReports]) -> pd.DataFrame:
     """Global vs local certification (VRA, seconds per point, on the same test points) and certification vs
     plain inference throughput, one row per experiment."""
     rows = []
-    for (_, run), run_dir in zip(runs.iterrows(), run_dirs, strict=True):
-        compared = {row["certifier"]: row for row in json.loads((run_dir / "bounds.json").read_text())["certifiers"]}
+    for _, run in runs.iterrows():
+        bounds = json.loads(reports[run["experiment"]].bounds.read_text())
+        compared = {row["certifier"]: row for row in bounds["certifiers"]}
         globally, local = compared["global"], compared["local"]  # bounds_experiment always runs both
         rows.append(
             {
@@ -125,12 +127,12 @@ def certification_cost(runs: pd.DataFrame, run_dirs: Sequence[Path]) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def certifier_comparison(run_dirs: Sequence[Path]) -> pd.DataFrame:
+def certifier_comparison(reports: Mapping[str, RunReports]) -> pd.DataFrame:
     """Long table: every compared certifier of every run on the same test points (bounds.json `certifiers`)."""
     rows = []
-    for run_dir in run_dirs:
-        for row in json.loads((run_dir / "bounds.json").read_text())["certifiers"]:
-            rows.append({"experiment": run_dir.name, **row})
+    for name, files in reports.items():
+        for row in json.loads(files.bounds.read_text())["certifiers"]:
+            rows.append({"experiment": name, **row})
     return pd.DataFrame(rows)
 
 
@@ -467,7 +469,7 @@ def plot_epoch_cost(history: pd.DataFrame, stem: Path) -> None:
     save_figure(figure, stem)
 
 
-def plot_tightness(run_dirs: Sequence[Path], stem: Path) -> None:
+def plot_tightness(reports: Mapping[str, RunReports], stem: Path) -> None:
     """Sound margin Lipschitz bound over the empirical lower bound: tightest and median class pair per run."""
     import matplotlib
 
@@ -475,9 +477,9 @@ def plot_tightness(run_dirs: Sequence[Path], stem: Path) -> None:
     import matplotlib.pyplot as plt
 
     names, tightest, median = [], [], []
-    for run_dir in run_dirs:
-        tightness = json.loads((run_dir / "bounds.json").read_text())["tightness"]
-        names.append(run_dir.name)
+    for name, files in reports.items():
+        tightness = json.loads(files.bounds.read_text())["tightness"]
+        names.append(name)
         tightest.append(tightness["min_sound_over_lower"])
         median.append(tightness["median_sound_over_lower"])
     figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(names)), 3))
@@ -502,42 +504,39 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def write_report(
-    experiments: Sequence[str],
-    run_dirs: Sequence[str | Path],
-    published: str | Path,
-    tables_dir: str | Path,
-    figures_dir: str | Path,
+    reports: Mapping[str, RunReports | str | os.PathLike],
+    published: str | os.PathLike,
+    outputs: ReportFiles | str | os.PathLike,
     not_run: Mapping[str, Mapping] | None = None,
 ) -> None:
-    """Write tables/runs.csv, vra_by_radius.csv, table1.{csv,md,tex}, certifier_comparison.{csv,md},
-    certification_cost.{csv,md} and figures/*.{pdf,png}; `not_run` experiments get Table 1 rows with the reason."""
-    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    run_dirs = [Path(p) for p in run_dirs]
-    rows, histories = zip(*(read_run(run_dir) for run_dir in run_dirs), strict=True)
+    """Every table and figure of `outputs` (or of the standard layout under a results folder) from each
+    experiment's stage summaries (`reports`: experiment → its files, or its run folder); `not_run`
+    experiments get Table 1 rows with the reason."""
+    reports = {name: stage_files(RunReports, files) for name, files in reports.items()}
+    outputs = stage_files(ReportFiles, outputs)
+    rows, histories = zip(*(read_run(files) for files in reports.values()), strict=True)
     runs = pd.DataFrame(list(rows))
-    write_csv(runs, tables_dir / "runs.csv")
-    radius_table = vra_by_radius(run_dirs)
-    write_csv(radius_table, tables_dir / "vra_by_radius.csv")
+    write_csv(runs, outputs.runs)
+    radius_table = vra_by_radius(reports)
+    write_csv(radius_table, outputs.vra_by_radius)
     table = table1(runs, pd.read_csv(published), not_run)
-    write_csv(table, tables_dir / "table1.csv")
+    write_csv(table, outputs.table1)
     today = datetime.date.today().isoformat()
     view, caption = table1_view(table), table1_caption(runs, today)
-    write_text(tables_dir / "table1.md", markdown_table(view) + "\n" + caption + "\n")
-    latex = view.to_latex(index=False, na_rep="", caption=caption, label="tab:table1")
-    write_text(tables_dir / "table1.tex", latex)
-    comparison = certifier_comparison(run_dirs)
-    write_csv(comparison, tables_dir / "certifier_comparison.csv")
+    write_text(outputs.table1_md, markdown_table(view) + "\n" + caption + "\n")
+    write_text(outputs.table1_tex, view.to_latex(index=False, na_rep="", caption=caption, label="tab:table1"))
+    comparison = certifier_comparison(reports)
+    write_csv(comparison, outputs.comparison)
     comparison_md = markdown_table(comparison_view(comparison)) + "\n" + comparison_caption(runs, today) + "\n"
-    write_text(tables_dir / "certifier_comparison.md", comparison_md)
-    cost = certification_cost(runs, run_dirs)
-    write_csv(cost, tables_dir / "certification_cost.csv")
-    cost_md = markdown_table(cost_view(cost)) + "\n" + cost_caption(runs, today) + "\n"
-    write_text(tables_dir / "certification_cost.md", cost_md)
+    write_text(outputs.comparison_md, comparison_md)
+    cost = certification_cost(runs, reports)
+    write_csv(cost, outputs.cost)
+    write_text(outputs.cost_md, markdown_table(cost_view(cost)) + "\n" + cost_caption(runs, today) + "\n")
     globally_certified = set(runs.loc[runs["certifier"] == "global", "experiment"])
     shown = radius_table[radius_table["experiment"].isin(globally_certified)]
-    plot_vra_by_radius(shown, figures_dir / "vra_by_radius", table[["experiment", "epsilon", "vra_reported"]])
+    plot_vra_by_radius(shown, outputs.figure_stem("vra"), table[["experiment", "epsilon", "vra_reported"]])
     history = pd.concat(histories, ignore_index=True)
     best_epochs = dict(zip(runs["experiment"], runs["best_on_test_epoch"], strict=True))
-    plot_training_curves(history, figures_dir / "training_curves", best_epochs)
-    plot_epoch_cost(history, figures_dir / "epoch_cost")
-    plot_tightness(run_dirs, figures_dir / "tightness")
+    plot_training_curves(history, outputs.figure_stem("curves"), best_epochs)
+    plot_epoch_cost(history, outputs.figure_stem("epoch_cost"))
+    plot_tightness(reports, outputs.figure_stem("tightness"))

@@ -12,7 +12,9 @@ rule attack:
         device=config["device"],
         evaluation=config["evaluation"],
     log:
-        f"{RESULTS}/logs/attack/{{experiment}}.log",
+        main=f"{RESULTS}/logs/attack/{{experiment}}.log",
+        # a log, not an output: Snakemake keeps it when a broken certificate fails the job
+        violations=f"{run_dir()}/violations.json",
     benchmark:
         f"{RESULTS}/benchmarks/attack/{{experiment}}.tsv"
     threads: workflow.cores

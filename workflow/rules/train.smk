@@ -5,9 +5,13 @@ rule train:
         test_data=experiment_data("test"),
     output:
         model=f"{run_dir()}/model.pt",
+        best_model=f"{run_dir()}/model_best_on_test.pt",
         history=f"{run_dir()}/history.csv",
         summary=f"{run_dir()}/train.json",
     params:
+        # rewritten after every epoch and removed at the end, so not outputs: a retried job resumes from them
+        scratch=f"{run_dir()}/scratch.pt",
+        warmup=f"{run_dir()}/warmup.json",
         settings=experiment_settings,
         data=DATA_OPTIONS,
         device=config["device"],

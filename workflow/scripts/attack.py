@@ -1,20 +1,26 @@
 """Rule `attack`: PGD accuracy and the soundness audit of one experiment (gloro.experiment.attack_experiment)."""
 
 import contextlib
-from pathlib import Path
 
 import torch
 
 from gloro.cpu_memory import keep_freed_memory
 from gloro.experiment import DataOptions, Experiment, attack_experiment, resolve_device
+from gloro.run_files import AttackFiles
 
-with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+with open(snakemake.log.main, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     torch.set_num_threads(snakemake.threads)
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in every step
     experiment = Experiment.from_config(snakemake.wildcards.experiment, snakemake.params.settings)
+    files = AttackFiles(
+        model=snakemake.input.model,
+        certificates=snakemake.input.certificates,
+        report=snakemake.output.report,
+        violations=snakemake.log.violations,
+    )
     attack_experiment(
         experiment,
-        Path(snakemake.output.report).parent,
+        files,
         DataOptions(**snakemake.params.data),
         resolve_device(snakemake.params.device),
         pgd=snakemake.params.evaluation["pgd"],

@@ -1,12 +1,12 @@
 """Rule `bounds`: local vs global certification and bound tightness (gloro.experiment.bounds_experiment)."""
 
 import contextlib
-from pathlib import Path
 
 import torch
 
 from gloro.cpu_memory import keep_freed_memory
 from gloro.experiment import DataOptions, Experiment, bounds_experiment, resolve_device
+from gloro.run_files import BoundsFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     torch.set_num_threads(snakemake.threads)
@@ -15,7 +15,7 @@ with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contex
     evaluation = snakemake.params.evaluation
     bounds_experiment(
         experiment,
-        Path(snakemake.output.report).parent,
+        BoundsFiles(model=snakemake.input.model, report=snakemake.output.report),
         DataOptions(**snakemake.params.data),
         resolve_device(snakemake.params.device),
         points=evaluation["local_points"],

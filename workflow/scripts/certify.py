@@ -1,21 +1,27 @@
 """Rule `certify`: certify one trained experiment on its test split (gloro.experiment.certify_experiment)."""
 
 import contextlib
-from pathlib import Path
 
 import torch
 
 from gloro.cpu_memory import keep_freed_memory
 from gloro.experiment import DataOptions, Experiment, certify_experiment, resolve_device
+from gloro.run_files import CertifyFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     torch.set_num_threads(snakemake.threads)
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in every step
     experiment = Experiment.from_config(snakemake.wildcards.experiment, snakemake.params.settings)
     evaluation = snakemake.params.evaluation
+    files = CertifyFiles(
+        model=snakemake.input.model,
+        report=snakemake.output.report,
+        radii=snakemake.output.radii,
+        certificates=snakemake.output.certificates,
+    )
     certify_experiment(
         experiment,
-        Path(snakemake.output.report).parent,
+        files,
         DataOptions(**snakemake.params.data),
         resolve_device(snakemake.params.device),
         radii=evaluation["radii"],

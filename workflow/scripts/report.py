@@ -1,16 +1,23 @@
-"""Rule `report`: aggregate every experiment's outputs into results/tables and results/figures."""
+"""Rule `report`: aggregate every experiment's outputs into the declared tables and figures."""
 
 import contextlib
-from pathlib import Path
 
 from gloro.report import write_report
+from gloro.run_files import ReportFiles, RunReports
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    write_report(
-        experiments=snakemake.params.experiments,
-        run_dirs=[Path(p).parent for p in snakemake.input.train],
-        published=snakemake.input.published,
-        tables_dir=Path(snakemake.output.runs).parent,
-        figures_dir=Path(snakemake.output.vra_png).parent,
-        not_run=snakemake.params.not_run,
-    )
+    inputs = snakemake.input
+    reports = {
+        name: RunReports(train=train, history=history, certify=certify, attack=attack, bounds=bounds)
+        for name, train, history, certify, attack, bounds in zip(
+            snakemake.params.experiments,
+            inputs.train,
+            inputs.history,
+            inputs.certify,
+            inputs.attack,
+            inputs.bounds,
+            strict=True,
+        )
+    }
+    outputs = ReportFiles(**{name: snakemake.output[name] for name in ReportFiles.standard_names()})
+    write_report(reports, inputs.published, outputs, not_run=snakemake.params.not_run)

@@ -1,20 +1,28 @@
 """Rule `train`: train one experiment (gloro.experiment.train_experiment)."""
 
 import contextlib
-from pathlib import Path
 
 import torch
 
 from gloro.cpu_memory import keep_freed_memory
 from gloro.experiment import DataOptions, Experiment, resolve_device, train_experiment
+from gloro.run_files import TrainFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     torch.set_num_threads(snakemake.threads)
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in every step
     experiment = Experiment.from_config(snakemake.wildcards.experiment, snakemake.params.settings)
+    files = TrainFiles(
+        model=snakemake.output.model,
+        best_model=snakemake.output.best_model,
+        history=snakemake.output.history,
+        summary=snakemake.output.summary,
+        scratch=snakemake.params.scratch,
+        warmup=snakemake.params.warmup,
+    )
     train_experiment(
         experiment,
-        Path(snakemake.output.model).parent,
+        files,
         DataOptions(**snakemake.params.data),
         resolve_device(snakemake.params.device),
     )

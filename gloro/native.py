@@ -6,10 +6,10 @@ At batch size 1 a PyTorch op costs more in dispatch than in arithmetic, so on th
 advances an iterate several times faster than the PyTorch loops in `lipschitz.py` (benchmarks/README.md);
 likewise one call certifies a batch where `margin.certify_logits` takes eight small ops. The PyTorch code
 computes the same numbers and remains the path on GPUs, in other precisions, and wherever no C compiler is
-found. The library is built
-with $CC (else `cc`) for this machine's processor (-march=native), in about a second, into the data cache
-folder (~/.cache/gloro-bench) under a name keyed by the sources, the compiler and the processor, so a home
-folder shared by different machines never loads a build made for another. GLORO_NATIVE=0 turns it off.
+found. The library is built with $CC (else `cc`) for this machine's processor (-march=native), in about a
+second, into the data cache folder (~/.cache/gloro-bench) under a name keyed by the sources, the compiler
+and the processor, so a home folder shared by different machines never loads a build made for another.
+GLORO_NATIVE=0 turns it off.
 """
 
 from __future__ import annotations

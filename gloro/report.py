@@ -344,6 +344,21 @@ def comparison_caption(runs: pd.DataFrame, date: str) -> str:
     )
 
 
+def with_footnotes(view: pd.DataFrame, column: str = "Note", longest: int = 30) -> tuple[pd.DataFrame, list[str]]:
+    """Notes longer than `longest` characters replaced by numbered references (a paper's table stays narrow)
+    and the footnotes they refer to, in order."""
+    footnotes: list[str] = []
+
+    def short(note: str) -> str:
+        if len(note) <= longest:
+            return note
+        footnotes.append(note)
+        head = note.split(":", 1)[0] if ":" in note[:longest] else "see"
+        return f"{head} [{len(footnotes)}]"
+
+    return view.assign(**{column: [short(note) for note in view[column]]}), footnotes
+
+
 def table1_caption(runs: pd.DataFrame, date: str) -> str:
     """One line under the table: where and when it was measured, and what the parentheses and ratios mean."""
     sources = "published numbers in parentheses (sources in table1.csv)"
@@ -522,9 +537,11 @@ def write_report(
     table = table1(runs, pd.read_csv(published), not_run)
     write_csv(table, outputs.table1)
     today = datetime.date.today().isoformat()
-    view, caption = table1_view(table), table1_caption(runs, today)
-    write_text(outputs.table1_md, markdown_table(view) + "\n" + caption + "\n")
-    write_text(outputs.table1_tex, view.to_latex(index=False, na_rep="", caption=caption, label="tab:table1"))
+    (view, footnotes), caption = with_footnotes(table1_view(table)), table1_caption(runs, today)
+    notes = [f"[{i}] {note}" for i, note in enumerate(footnotes, 1)]
+    write_text(outputs.table1_md, markdown_table(view) + "".join(f"\n{line}\n" for line in [caption, *notes]))
+    latex_caption = " ".join([caption, *notes])
+    write_text(outputs.table1_tex, view.to_latex(index=False, na_rep="", caption=latex_caption, label="tab:table1"))
     comparison = certifier_comparison(reports)
     write_csv(comparison, outputs.comparison)
     comparison_md = markdown_table(comparison_view(comparison)) + "\n" + comparison_caption(runs, today) + "\n"

@@ -59,3 +59,10 @@ def test_table1_has_an_autoattack_column_only_when_a_run_measured_it():
     measured = report.table1_view(pd.DataFrame([{**row, "autoattack": 96.04}], columns=report.TABLE1_COLUMNS))
     assert measured["AutoAttack %"].tolist() == ["96.0"]
     assert list(measured.columns).index("AutoAttack %") == list(measured.columns).index("PGD %") + 1
+
+
+def test_long_notes_become_numbered_footnotes_and_short_ones_stay():
+    view = pd.DataFrame({"Method": ["KW", "BCP", "GloRo"], "Note": ["not run: " + "x" * 40, "short", ""]})
+    shortened, footnotes = report.with_footnotes(view)
+    assert shortened["Note"].tolist() == ["not run [1]", "short", ""]
+    assert footnotes == ["not run: " + "x" * 40]

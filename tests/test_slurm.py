@@ -207,12 +207,12 @@ def test_the_digits_experiments_run_through_slurm_as_they_run_here(slurm_cluster
     assert prepared.returncode == 0, prepared.stderr[-3000:]
     # both runs at once, one thread per job, so that the node's two CPUs run two SLURM jobs at a time
     local = digits_config(tmp_path / "local.yaml", tmp_path / "local", cache)
+    local_log = open(tmp_path / "snakemake-local.log", "w")  # noqa: SIM115 - a file: a pipe would fill and stall it
     here = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", str(local), *ONE_THREAD],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=local_log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     results = tmp_path / "slurm"
@@ -229,14 +229,15 @@ def test_the_digits_experiments_run_through_slurm_as_they_run_here(slurm_cluster
         assert job is not None and run.poll() is None, "the training job was not found running under SLURM"
         subprocess.run(["scancel", job], check=True)  # as a preemption would
         run.wait(timeout=900)
-        _, errors = here.communicate(timeout=900)
+        here.wait(timeout=900)
     finally:
         for process in (run, here):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait()
         log.close()
-    assert here.returncode == 0, errors[-3000:]
+        local_log.close()
+    assert here.returncode == 0, (tmp_path / "snakemake-local.log").read_text()[-3000:]
     output = (tmp_path / "snakemake-slurm.log").read_text()
     assert run.returncode == 0, output[-4000:]
     calls = [line for line in output.splitlines() if "sbatch call:" in line]

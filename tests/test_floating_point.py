@@ -279,3 +279,19 @@ def test_a_frozen_net_copied_or_pickled_checks_its_own_weights():
         with pytest.raises(RuntimeError, match="changed after freeze"):
             twin.certify(x)
         net.certify(x)  # the original's weights did not change
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_the_batched_norm_bound_is_never_below_any_slices_exact_norm(complex_):
+    generator = torch.Generator().manual_seed(3)
+    shape = (6, 5, 7)
+    stack = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    if complex_:
+        stack = torch.complex(stack, torch.randn(*shape, generator=generator, dtype=torch.float64))
+    scales = torch.tensor([1.0, 1e-300, 3e-310, 1e150, 7.0, 2.0**-1060], dtype=torch.float64)
+    stack = stack * scales.view(-1, 1, 1)  # mixed scales, subnormal ones included
+    bound = Fraction(gloro.outward.largest_norm_up(stack))
+    for matrix in stack:
+        values = matrix.flatten().tolist()
+        exact = sum(Fraction(v.real) ** 2 + Fraction(v.imag) ** 2 if complex_ else Fraction(v) ** 2 for v in values)
+        assert bound**2 >= exact  # exact squared norm, in rational arithmetic: no tolerance

@@ -329,6 +329,7 @@ def measured_on(runs: pd.DataFrame, date: str) -> str:
 
 
 def cost_caption(runs: pd.DataFrame, date: str) -> str:
+    """The line under the certification-cost table: when and where, and what its columns compare."""
     return (
         f"Certification cost, measured {measured_on(runs, date)}: the global and local certificates on the same "
         "test points (local: per-point Lipschitz bounds; only local: points it certifies and the global one does "
@@ -338,6 +339,7 @@ def cost_caption(runs: pd.DataFrame, date: str) -> str:
 
 
 def comparison_caption(runs: pd.DataFrame, date: str) -> str:
+    """The line under the certifier comparison: when and where, and which row the ratios refer to."""
     return (
         f"Certifiers compared on the same test points, measured {measured_on(runs, date)}; the first of each "
         "experiment is the reference for the last two columns."

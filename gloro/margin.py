@@ -63,14 +63,10 @@ def certify_logits(
 
     O_ij (`ForwardError.margin_offsets`) covers the rounding of the forward pass, so the radius holds for
     the exact net and for the float one; a row with a non-finite logit gets radius −inf. A negative radius
-    means "not certified", not a distance. float32 logits on the CPU take `gloro.native.certify`, one
+    means "not certified", not a distance. float32 logits on the CPU take `gloro.native`'s certify plan, one
     compiled pass with the same operations.
     """
-    compiled = native.certify(logits, margin_lipschitz, offsets, epsilon)
-    if compiled is not None:
-        predictions, certified, radius = compiled
-        return Certificate(predictions, certified, radius, float(epsilon), "global")
-    return reference_certificate(logits, margin_lipschitz, epsilon, offsets)
+    return MarginCertifier(margin_lipschitz, offsets, copy=False)(logits, epsilon)
 
 
 def reference_certificate(
@@ -96,9 +92,10 @@ class MarginCertifier:
     """`certify_logits` for one K_ij and O_ij, checked and prepared once: a frozen net certifies every batch
     with the same constants, and after a large forward pass each check costs microseconds."""
 
-    def __init__(self, margin_lipschitz: torch.Tensor, offsets: torch.Tensor) -> None:
+    def __init__(self, margin_lipschitz: torch.Tensor, offsets: torch.Tensor, copy: bool = True) -> None:
+        """`copy`: the compiled path reads private copies (False for a certifier used once, at once)."""
         self.margin_lipschitz, self.offsets = margin_lipschitz, offsets
-        self.compiled = native.certify_plan(margin_lipschitz, offsets)
+        self.compiled = native.certify_plan(margin_lipschitz, offsets, copy=copy)
 
     def __call__(self, logits: torch.Tensor, epsilon: float) -> Certificate:
         compiled = None if self.compiled is None else self.compiled(logits, epsilon)

@@ -46,18 +46,7 @@ def product_up(values) -> float:
 
 def norm_up(x: torch.Tensor) -> float:
     """An upper bound on ‖x‖₂ (x exactly known, real or complex), computed in float64."""
-    x = x.detach().to(torch.complex128 if x.is_complex() else torch.float64).abs().flatten()
-    if x.numel() == 0:
-        return 0.0
-    scale = float(x.max())
-    if not math.isfinite(scale):
-        return math.inf
-    if scale == 0:
-        return 0.0
-    scale = 2.0 ** math.frexp(scale)[1]  # a power of two, so dividing by it is exact (or underflows, see below)
-    squares = float(torch.sum((x / scale) ** 2))
-    rounding = squares * gamma(x.numel() + 3, U64) + x.numel() * TINY64  # abs of a complex number: 1 more
-    return up(up(math.sqrt(up(squares + rounding))) * (1 + 2 * U64) * scale)
+    return largest_norm_up(x.reshape(1, -1))
 
 
 def largest_norm_up(stack: torch.Tensor) -> float:
@@ -71,10 +60,10 @@ def largest_norm_up(stack: torch.Tensor) -> float:
         return math.inf
     if scale == 0:
         return 0.0
-    scale = 2.0 ** math.frexp(scale)[1]
+    scale = 2.0 ** math.frexp(scale)[1]  # a power of two, so dividing by it is exact (or underflows, see below)
     squares = float(((x / scale) ** 2).sum(dim=1).max())
     length = x.shape[1]
-    rounding = squares * gamma(length + 3, U64) + length * TINY64
+    rounding = squares * gamma(length + 3, U64) + length * TINY64  # abs of a complex number: 1 more
     return up(up(math.sqrt(up(squares + rounding))) * (1 + 2 * U64) * scale)
 
 

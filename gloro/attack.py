@@ -65,13 +65,18 @@ class SoundnessError(RuntimeError):
 @dataclass(frozen=True, eq=False)
 class AttackReport:
     """An attack's outcome: `metrics` is JSON-serialisable (robust_accuracy, clean_accuracy, the attack's full
-    `settings`, ...); per point, `robust` says whether it is still classified correctly after the attack and
-    `adversarial_predictions` what the model predicts there.
+    `settings`, ...); per point, `robust` says whether it is still classified correctly after the attack,
+    `adversarial_predictions` what the model predicts there, `labels` the classes the attack aimed away from,
+    `clean_predictions` the model's predictions on the clean points and `distance` (float64) how far the kept
+    example lies from its point (0 where an example outside the ball was discarded).
     """
 
     metrics: dict
     robust: torch.Tensor
     adversarial_predictions: torch.Tensor
+    labels: torch.Tensor | None = None
+    clean_predictions: torch.Tensor | None = None
+    distance: torch.Tensor | None = None
 
 
 def attacked_model(model: nn.Module) -> nn.Module:
@@ -327,9 +332,10 @@ def robust_accuracy(
         adversary, target, images, labels, seed=seed, batch_size=batch_size, progress=progress, description=attack
     )
     seconds = time.perf_counter() - start
-    distance = (adversarial - images).flatten(1).norm(dim=1).cpu()
+    distance = (adversarial - images).flatten(1).norm(dim=1).double().cpu()
     outside = distance > epsilon * (1 + DISTANCE_TOLERANCE)
     adversarial[outside.to(adversarial.device)] = images[outside.to(images.device)]
+    kept_distance = torch.where(outside, torch.zeros_like(distance), distance)
     clean = predict(target, images, batch_size)
     attacked = predict(target, adversarial, batch_size)
     robust = attacked == labels
@@ -345,7 +351,14 @@ def robust_accuracy(
         "seconds": seconds,
         "settings": settings,
     }
-    return AttackReport(metrics=metrics, robust=robust, adversarial_predictions=attacked)
+    return AttackReport(
+        metrics=metrics,
+        robust=robust,
+        adversarial_predictions=attacked,
+        labels=labels,
+        clean_predictions=clean,
+        distance=kept_distance,
+    )
 
 
 def pgd_accuracy(
@@ -465,6 +478,29 @@ def audit_sensitivity(radius: torch.Tensor, flipped: torch.Tensor, epsilon: floa
     return {"factor": factor, "catches_bounds_below": 1 / factor, "witnesses": int(usable.sum())}
 
 
+def reusable_points(
+    earlier: AttackReport | None, settings: dict, indices: torch.Tensor, predictions: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Per audited point (`indices` into `size` images, with these `predictions`): whether `earlier`, an attack
+    on the same images with the same settings, already attacked it away from its prediction, so that its
+    example serves the audit too. An earlier attack whose settings differ in more than seed and batch size raises.
+    """
+    if earlier is None:
+        return torch.zeros(len(indices), dtype=torch.bool)
+    if earlier.labels is None or earlier.clean_predictions is None or earlier.distance is None:
+        raise ValueError("the earlier attack's report lacks labels, clean predictions or distances; rerun it")
+    if len(earlier.labels) != size:
+        raise ValueError(f"the earlier attack covered {len(earlier.labels)} points; the audit was given {size}")
+    ignored = ("seed", "batch_size")
+    mine = {k: v for k, v in settings.items() if k not in ignored}
+    theirs = {k: v for k, v in earlier.metrics["settings"].items() if k not in ignored}
+    if mine != theirs:
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        raise ValueError(f"the earlier attack's settings differ from the audit's in {differ}; audit without it")
+    at = indices.cpu()
+    return (earlier.labels.cpu()[at] == predictions) & (earlier.clean_predictions.cpu()[at] == predictions)
+
+
 def audit_soundness(
     net: GloroNet,
     images: torch.Tensor,
@@ -472,6 +508,7 @@ def audit_soundness(
     *,
     attack: str = "pgd",
     certificate: Certificate | None = None,
+    earlier: AttackReport | None = None,
     violations_path: str | os.PathLike | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -488,6 +525,10 @@ def audit_soundness(
 
     `certificate`: a `gloro.certify.Certificate` of these images at ε from any certifier (default: the global
     one, computed here). Without radii (CROWN, KW, BCP) every flip is a violation: the attack stays in the ε-ball.
+    `earlier`: the report of the same attack, with the same settings, on the same images against their labels
+    (as `pgd_accuracy` returns). Where a certified point's label is its prediction, that attack was already
+    the audit's attack on it, so its example is checked instead of attacking the point again; only the other
+    certified points are attacked here (`reused_from_earlier_attack` counts the points checked that way).
     """
     if certificate is not None and epsilon is None:
         epsilon = certificate.epsilon
@@ -504,6 +545,8 @@ def audit_soundness(
     target = net.model
     adversary, settings = build_adversary(attack, target, images, epsilon, net.num_classes, seed, options)
     settings = {**settings, "seed": seed, "batch_size": batch_size}
+    predictions = certificate.predictions[indices].cpu()
+    reused = reusable_points(earlier, settings, indices, predictions, len(images))
     summary = {
         "epsilon": epsilon,
         "num_examples": len(images),
@@ -512,30 +555,39 @@ def audit_soundness(
         "certifier": getattr(certificate, "method", "global"),
         "violations": 0,
         "violation_indices": [],
+        "reused_from_earlier_attack": int(reused.sum()),
         "settings": settings,
     }
     if len(indices) == 0:
         return {**summary, "flipped_beyond_radius": 0, "max_distance": 0.0, "seconds": 0.0}
-    chosen = indices.to(images.device)
-    x, predictions = images[chosen], certificate.predictions[indices]
+    distance = torch.zeros(len(indices), dtype=torch.float64)
+    adversarial_predictions = predictions.clone()
+    if reused.any():
+        at = indices.cpu()[reused]
+        distance[reused] = earlier.distance.cpu()[at].double()
+        adversarial_predictions[reused] = earlier.adversarial_predictions.cpu()[at]
+    fresh = ~reused
     start = time.perf_counter()
-    adversarial = run_adversary(
-        adversary,
-        target,
-        x,
-        predictions,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        description=f"audit ({attack})",
-    )
+    if fresh.any():
+        x = images[indices[fresh].to(images.device)]
+        adversarial = run_adversary(
+            adversary,
+            target,
+            x,
+            predictions[fresh],
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            description=f"audit ({attack})",
+        )
+        distance[fresh] = (adversarial - x).flatten(1).norm(dim=1).double().cpu()
+        adversarial_predictions[fresh] = predict(target, adversarial, batch_size)
     seconds = time.perf_counter() - start
-    distance = (adversarial - x).flatten(1).norm(dim=1).double().cpu()
-    flipped = predict(target, adversarial, batch_size) != predictions
+    flipped = adversarial_predictions != predictions
     if certificate.radius is None:  # certified at ε only: any flip inside the ball the attack keeps to breaks it
         radius, violated = torch.full((len(indices),), epsilon, dtype=torch.float64), flipped
     else:
-        radius = certificate.radius[indices]
+        radius = certificate.radius[indices].cpu()
         violated = flipped & (distance <= radius)
     summary.update(
         flipped_beyond_radius=int((flipped & ~violated).sum()),
@@ -559,11 +611,7 @@ def audit_soundness(
                     "adversarial_prediction": int(a),
                 }
                 for i, r, d, p, a in zip(
-                    bad,
-                    radius[violated],
-                    distance[violated],
-                    predictions[violated],
-                    predict(target, adversarial[violated.to(adversarial.device)], batch_size),
+                    bad, radius[violated], distance[violated], predictions[violated], adversarial_predictions[violated]
                 )
             ],
         }

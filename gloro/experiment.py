@@ -423,7 +423,8 @@ def attack_experiment(
 ) -> dict:
     """PGD accuracy at the eval ε on the test split, optionally ℓ2 AutoAttack's (`autoattack`: enabled,
     points, steps, square_queries), and a soundness audit of every point that any of the experiment's
-    certifiers certified (read from `certificates.csv`); `progress` shows each advance in the job's log
+    certifiers certified (read from `certificates.csv`), which reuses the PGD examples of points whose label is
+    their prediction and attacks only the rest; `progress` shows each advance in the job's log
     (each can take a quarter of an hour at the paper's settings). The audit's record goes to
     `files.violations`: "none" once every audit passed, else the broken points of the failing certifier."""
     files = stage_files(AttackFiles, files)
@@ -470,6 +471,7 @@ def attack_experiment(
             images,
             attack="pgd",
             certificate=certificate,
+            earlier=attack,  # PGD above was this audit's attack on every certified point it classifies right
             violations_path=files.violations,
             seed=experiment.seed + 1,
             progress=progress,

@@ -172,6 +172,32 @@ def test_a_plant_just_past_the_reported_sensitivity_fails_the_audit_and_saves_th
     assert all(point["prediction"] != point["adversarial_prediction"] for point in saved["points"])
 
 
+def test_an_audit_given_the_pgd_run_reuses_its_examples_and_still_catches_a_plant(trained, digits):
+    """Where a certified point's label is its prediction, PGD on the labels was the audit's attack: its example
+    is checked, only the other certified points are attacked again, and a planted bound is still caught."""
+    _, (x, y) = digits
+    x, y = x[:150], y[:150]
+    pgd = pgd_accuracy(trained.model, x, y, trained.eval_epsilon, steps=50, restarts=2, seed=0, progress=False)
+    sound = trained.certify(x)
+    summary = audit_soundness(trained, x, earlier=pgd, steps=50, restarts=2, progress=False)
+    certified_right = int((sound.certified & (sound.predictions == y)).sum())
+    assert summary["violations"] == 0 and summary["certified"] == int(sound.certified.sum())
+    assert 0 < summary["reused_from_earlier_attack"] == certified_right
+    assert summary["max_distance"] <= EPSILON * (1 + 1e-5)
+    sensitivity = audit_sensitivity(sound.radius, pgd.adversarial_predictions != sound.predictions, EPSILON)
+    unsound = copy.deepcopy(trained)
+    constants = trained.sound_constants()
+    planted = constants.margin_lipschitz / (sensitivity["factor"] * 1.02)
+    unsound.frozen_constants = dataclasses.replace(constants, margin_lipschitz=planted)
+    with pytest.raises(SoundnessError, match="unsound") as caught:
+        audit_soundness(unsound, x, earlier=pgd, steps=50, restarts=2, progress=False)
+    assert len(caught.value.indices) > 0 and not sound.certified[caught.value.indices].any()
+    with pytest.raises(ValueError, match=r"differ from the audit's in \['restarts'\]"):
+        audit_soundness(trained, x, earlier=pgd, steps=50, restarts=3, progress=False)
+    with pytest.raises(ValueError, match="covered 150 points"):
+        audit_soundness(trained, x[:100], earlier=pgd, steps=50, restarts=2, progress=False)
+
+
 def test_attack_inputs_are_checked(plain_mlp, digits):
     _, (x, y) = digits
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -62,6 +62,10 @@ def test_each_baseline_trains_certifies_and_survives_the_audit_on_digits(method,
     assert all(audit["violations"] == 0 for audit in attacked["audits"].values())
     assert attacked["audit"]["certifier"] == method and attacked["audit"]["certified"] == rows[method]["certified"]
     assert attacked["pgd_accuracy"] >= rows[method]["vra"]  # PGD can only break points the bound leaves uncertified
+    # PGD on the labels was the audit's attack on the correctly classified certified points: checked, not rerun
+    for name, audit in attacked["audits"].items():
+        assert 0 < audit["reused_from_earlier_attack"] <= audit["certified"]
+        assert audit["reused_from_earlier_attack"] >= round(rows[name]["vra"] * rows[name]["num_points"])
 
 
 @pytest.mark.parametrize(

@@ -49,13 +49,19 @@ def norm_up(x: torch.Tensor) -> float:
     return largest_norm_up(x.reshape(1, -1))
 
 
+def real_entries(stack: torch.Tensor) -> torch.Tensor:
+    """`stack` in float64 with each complex entry as its two real parts: |z|² = re² + im², with no square root."""
+    x = stack.detach()
+    return torch.view_as_real(x.to(torch.complex128).resolve_conj()) if x.is_complex() else x.to(torch.float64)
+
+
 def largest_norm_up(stack: torch.Tensor) -> float:
     """An upper bound on max_b ‖x_b‖₂ over the first dimension of `stack` (each x_b exactly known), in one
     batched pass: one power-of-two scale for all, and γ of one slice's length for any summation order."""
-    x = stack.detach().to(torch.complex128 if stack.is_complex() else torch.float64).abs().flatten(1)
+    x = real_entries(stack).flatten(1)
     if x.numel() == 0:
         return 0.0
-    scale = float(x.max())
+    scale = float(x.abs().max())
     if not math.isfinite(scale):
         return math.inf
     if scale == 0:
@@ -63,7 +69,7 @@ def largest_norm_up(stack: torch.Tensor) -> float:
     scale = 2.0 ** math.frexp(scale)[1]  # a power of two, so dividing by it is exact (or underflows, see below)
     squares = float(((x / scale) ** 2).sum(dim=1).max())
     length = x.shape[1]
-    rounding = squares * gamma(length + 3, U64) + length * TINY64  # abs of a complex number: 1 more
+    rounding = squares * gamma(length + 1, U64) + length * TINY64  # a rounded square each, then any-order sum
     return up(up(math.sqrt(up(squares + rounding))) * (1 + 2 * U64) * scale)
 
 
@@ -80,13 +86,13 @@ def spectral_norm_upper(matrices: torch.Tensor, entry_error: float = 0.0) -> flo
         a = a[None]
     if a.numel() == 0:
         return entry_error
-    largest = float(a.abs().max())
+    largest = float(real_entries(a).abs().max())  # for complex A, the largest real or imaginary part: |a| ≤ √2 of it
     if not math.isfinite(largest):
         return math.inf
     if largest == 0:
         return up(entry_error)
-    scale = 2.0 ** math.frexp(largest)[1]
-    a = a / scale
+    scale = 2.0 ** (math.frexp(largest)[1] + complex_)  # every |a| / scale < 1
+    a = (a / scale).contiguous()  # batched products of a strided stack copy each matrix apart
     rows, cols = a.shape[-2:]
     if rows < cols:  # the Gram of the smaller side: AAᴴ and AᴴA have the same largest eigenvalue
         a = a.mT.conj() if complex_ else a.mT
@@ -96,7 +102,7 @@ def spectral_norm_upper(matrices: torch.Tensor, entry_error: float = 0.0) -> flo
     # complex products carry up to √2·γ_2 per term (Higham Lemma 3.5): a doubled γ_{2k+4} covers it
     gram_gamma = 2 * gamma(2 * inner + 4, U64) if complex_ else gamma(inner, U64)
     cholesky_gamma = 2 * gamma(2 * size + 6, U64) if complex_ else gamma(size + 1, U64)
-    frobenius = norm_up(a)
+    frobenius = largest_norm_up(a)  # the largest ‖A_b‖_F: each Gram's error is γ·‖A_b‖_F²
     gram_error = up(gram_gamma * up(frobenius**2)) + inner * size * TINY64
     estimate = float(torch.linalg.eigvalsh(gram)[..., -1].max())
     margin = max(abs(estimate), float(gram.diagonal(dim1=-2, dim2=-1).real.sum(-1).max()) / size) * 2.0**-40

@@ -71,6 +71,7 @@ class Experiment:
     bcp_solver_iterations: int | None = None
     certifiers: tuple[str, ...] | None = None
     eval_points: int | None = None
+    eval_every: int = 1
     not_run: str | None = None  # planned but not runnable, with the reason (Table 1 shows it)
     optimizer: dict | None = None  # {kind: adam | sgd, momentum, weight_decay, clip_grad_norm}; default Adam
 
@@ -99,6 +100,9 @@ class Experiment:
                 f"{method.certifier!r} for method {self.method!r}, got {list(certifiers)}"
             )
         object.__setattr__(self, "certifiers", certifiers)
+        if not (isinstance(self.eval_every, int) and self.eval_every >= 1):
+            every = self.eval_every
+            raise ValueError(f"experiment {self.name!r}: eval_every must be a whole number >= 1, got {every!r}")
         self.recipe()  # every schedule is checked when the config is read, not when a job starts
 
     @property
@@ -272,6 +276,7 @@ def train_experiment(
         eval_images=test_split.float_images()[: experiment.eval_points],  # None slices nothing off
         eval_labels=test_split.labels[: experiment.eval_points],
         eval_certifier=experiment.certifiers[0],
+        eval_every=experiment.eval_every,
         scratch=scratch,  # a killed job resumes after its last finished epoch
     )
     seconds = time.perf_counter() - start

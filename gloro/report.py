@@ -451,6 +451,7 @@ def plot_training_curves(
         for name, group in history.groupby("experiment"):
             if column not in group or group[column].isna().all():
                 continue
+            group = group.dropna(subset=[column])  # a run evaluated every k epochs: join the epochs it has
             (line,) = axis.plot(group["epoch"] + 1, group[column], label=name)
             best = (best_epochs or {}).get(name)
             if column == "eval_vra" and best is not None and not pd.isna(best):

@@ -78,6 +78,7 @@ def test_each_baseline_trains_certifies_and_survives_the_audit_on_digits(method,
         ({"certifiers": ["local", "global"]}, "must be 'global' for method 'gloro'"),
         ({"method": "kw", "certifiers": ["kw", "kwx"]}, "unknown certifiers \\['kwx'\\]"),
         ({"learning_rate": {"kind": "multistep", "initial": 0.1, "factor": 0.1, "milestones": [5, 2]}}, "increasing"),
+        ({"eval_every": 0}, "eval_every must be a whole number >= 1, got 0"),
     ],
 )
 def test_method_options_are_checked_when_the_config_is_read(change, message):

@@ -9,6 +9,7 @@ from torch import nn
 
 import gloro
 from gloro.data import augment, load_digits
+from gloro.experiment import write_csv
 from gloro.train import TrainingHistory, training_cost
 
 DETERMINISTIC = ("epoch", "loss", "clean_accuracy", "vra", "epsilon", "lr")
@@ -82,6 +83,31 @@ def test_eval_at_another_epsilon_and_argument_checks(digits):
     assert history[0]["eval_epsilon"] == 0.1 and history.best.epsilon == 0.1
     with pytest.raises(ValueError, match="together"):
         gloro.train(dense_net(), x, y, recipe, eval_images=x_test, progress=False)
+
+
+def test_evaluating_every_k_epochs_certifies_those_and_the_last_and_says_so_in_the_others(digits, tmp_path):
+    (x, y), (x_test, y_test) = digits
+    recipe = gloro.TrainingRecipe(epochs=7, batch_size=64, learning_rate=lambda epoch: 3e-3 if epoch < 4 else 0.5)
+    every = gloro.train(dense_net(1), x, y, recipe, eval_images=x_test, eval_labels=y_test, progress=False)
+    sparse = gloro.train(
+        dense_net(1), x, y, recipe, eval_images=x_test, eval_labels=y_test, eval_every=3, progress=False
+    )
+    evaluated = [row["epoch"] for row in sparse if row["eval_vra"] is not None]
+    assert evaluated == [2, 5, 6]  # every third epoch, and the last
+    for row, full in zip(sparse, every, strict=True):
+        assert row.keys() == full.keys()  # one CSV header for every row
+        assert row["loss"] == full["loss"]  # monitoring never changes training
+        if row["epoch"] in evaluated:
+            assert row["eval_vra"] == full["eval_vra"] and row["eval_bounds"] == full["eval_bounds"]
+        else:
+            assert row["eval_bounds"] == "not evaluated (every 3 epochs)"
+            assert all(row[key] is None for key in ("eval_vra", "eval_seconds", "eval_points"))
+    assert sparse.best.epoch == max(evaluated, key=lambda epoch: (every[epoch]["eval_vra"], -epoch))
+    write_csv(tmp_path / "history.csv", list(sparse))
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 8
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="eval_every"):
+            gloro.train(dense_net(), x, y, recipe, eval_images=x_test, eval_labels=y_test, eval_every=bad)
 
 
 def test_augmentation_is_applied_to_training_batches_only(digits, monkeypatch):

@@ -6,9 +6,11 @@ shuffled data, Adam, cross-entropy, the same memory layout and `gloro.keep_freed
 epoch of each call is warm-up and is not counted. Reported: seconds per epoch of each side (median over
 rounds and the later epochs), their ratio, the range of per-round ratios, and the per-epoch evaluation's
 share of a GloRo epoch. Fashion-MNIST (60,000 × 28 × 28, Debian's `dataset-fashion-mnist`) stands in for
-MNIST; CIFAR-shaped runs use seeded random images of 3 × 32 × 32.
+MNIST; CIFAR-shaped runs use seeded random images of 3 × 32 × 32. With `--official`, each round also
+times the official TensorFlow library's `GloroNet.fit` over the same arrays (its own venv, installed on first
+use by `official_tf.py`), epochs counted the same way and including its epoch-end refresh of the iterates.
 
-    .venv/bin/python benchmarks/epochs.py [--cases fashion-2c2f cifar-6c2f] [--rounds 2] [--epochs 3]
+    .venv/bin/python benchmarks/epochs.py [--cases fashion-2c2f cifar-6c2f] [--rounds 2] [--epochs 3] [--official]
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import gloro
 from gloro.data.registry import load_dataset
 from gloro.train import TrainingRecipe
+
+OFFICIAL_VENV = Path(__file__).resolve().with_name(".venv-official")
 
 CASES = {  # architecture, power iterations, ε, where the data comes from
     "fashion-2c2f": ("2C2F", 10, 0.45, "fashion-mnist"),
@@ -84,18 +91,45 @@ def plain_epochs(architecture, data, epochs, batch_size) -> dict:
     return {"epoch_seconds": seconds[1:]}
 
 
-def run_case(name: str, rounds: int, epochs: int, batch_size: int, examples: int | None) -> dict:
+def official_epochs(python, architecture, iterations, epsilon, arrays: Path, epochs, batch_size) -> dict:
+    """The official library's `fit` over the same arrays; seconds of the later epochs."""
+    from official_tf import measure_official_epochs  # stdlib only; found beside this script
+
+    report = measure_official_epochs(python, architecture, arrays, epochs, batch_size, iterations, epsilon)
+    return {"epoch_seconds": report["epoch_seconds"], "report": report}
+
+
+def run_case(name: str, rounds: int, epochs: int, batch_size: int, examples: int | None, official: bool) -> dict:
     architecture, iterations, epsilon, source = CASES[name]
     data = case_data(source, examples)
-    per_round, gloro_all, plain_all, eval_all = [], [], [], []
-    for _ in range(rounds):
-        ours = gloro_epochs(architecture, iterations, epsilon, data, epochs, batch_size)
-        plain = plain_epochs(architecture, data, epochs, batch_size)
-        gloro_all += ours["epoch_seconds"]
-        plain_all += plain["epoch_seconds"]
-        eval_all += ours["eval_seconds"]
-        per_round.append(statistics.median(ours["epoch_seconds"]) / statistics.median(plain["epoch_seconds"]))
+    per_round, gloro_all, plain_all, eval_all, official_all = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        arrays, python = None, None
+        if official:
+            from official_tf import ensure_official_venv
+
+            python = ensure_official_venv(OFFICIAL_VENV)
+            arrays = Path(folder) / "train.npz"  # channels last, as Keras takes them
+            np.savez(arrays, images=data[0].permute(0, 2, 3, 1).numpy(), labels=data[1].numpy())
+        for _ in range(rounds):
+            ours = gloro_epochs(architecture, iterations, epsilon, data, epochs, batch_size)
+            plain = plain_epochs(architecture, data, epochs, batch_size)
+            if official:
+                theirs = official_epochs(python, architecture, iterations, epsilon, arrays, epochs, batch_size)
+                official_all += theirs["epoch_seconds"]
+            gloro_all += ours["epoch_seconds"]
+            plain_all += plain["epoch_seconds"]
+            eval_all += ours["eval_seconds"]
+            per_round.append(statistics.median(ours["epoch_seconds"]) / statistics.median(plain["epoch_seconds"]))
     gloro_epoch, plain_epoch = statistics.median(gloro_all), statistics.median(plain_all)
+    versus_official = {}
+    if official:
+        official_epoch = statistics.median(official_all)
+        versus_official = {
+            "official_epoch_seconds": official_epoch,
+            "official_over_gloro": official_epoch / gloro_epoch,
+            "official_images_per_second": len(data[1]) / official_epoch,
+        }
     return {
         "case": name,
         "architecture": architecture,
@@ -110,6 +144,7 @@ def run_case(name: str, rounds: int, epochs: int, batch_size: int, examples: int
         "eval_share_of_gloro_epoch": statistics.median(eval_all) / gloro_epoch,
         "gloro_images_per_second": len(data[1]) / gloro_epoch,
         "plain_images_per_second": len(data[1]) / plain_epoch,
+        **versus_official,
     }
 
 
@@ -120,6 +155,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per call, the first one not counted")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--examples", type=int, default=None, help="use only the first N training images")
+    parser.add_argument("--official", action="store_true", help="also time the official TF library's fit")
     args = parser.parse_args()
     if args.epochs < 2 or args.rounds < 1:
         parser.error("--epochs must be >= 2 (the first is warm-up) and --rounds >= 1")
@@ -127,7 +163,9 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "keep_freed_memory": gloro.keep_freed_memory(),
-        "cases": [run_case(c, args.rounds, args.epochs, args.batch_size, args.examples) for c in args.cases],
+        "cases": [
+            run_case(c, args.rounds, args.epochs, args.batch_size, args.examples, args.official) for c in args.cases
+        ],
     }
     print(json.dumps(results, indent=2))
 

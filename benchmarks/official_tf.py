@@ -188,6 +188,22 @@ def measure_official_throughput(
     return parse_report(stdout)
 
 
+def measure_official_epochs(
+    python: Path,
+    architecture: str,
+    data: Path,
+    epochs: int,
+    batch_size: int = 256,
+    power_iterations: int = 10,
+    epsilon: float = 0.3,
+) -> dict:
+    """Time whole `fit` epochs of the official library over the arrays in `data` (.npz: images NHWC, labels)."""
+    command = worker_command(Path(python), architecture, batch_size, 1, 0, power_iterations, True)
+    command += ["--data", str(data), "--epochs", str(epochs), "--epsilon", str(epsilon)]
+    stdout = run_checked(command, f"official TF fit epochs ({architecture})", WORKER_TIMEOUT_S)
+    return parse_report(stdout)
+
+
 def main() -> int:
     """Install if needed and print reports for both paper architectures."""
     python = ensure_official_venv(Path(__file__).resolve().with_name(".venv-official"))

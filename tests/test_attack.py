@@ -198,6 +198,24 @@ def test_an_audit_given_the_pgd_run_reuses_its_examples_and_still_catches_a_plan
         audit_soundness(trained, x[:100], earlier=pgd, steps=50, restarts=2, progress=False)
 
 
+def test_a_conv_net_is_attacked_in_channels_last_and_left_in_its_own_layout(digits):
+    _, (x, y) = digits
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    before = [(p.data_ptr(), p.stride(), p.detach().clone()) for p in model.parameters()]
+    seen = []
+    model[0].register_forward_pre_hook(
+        lambda layer, inputs: seen.append(
+            inputs[0].is_contiguous(memory_format=torch.channels_last)
+            and layer.weight.is_contiguous(memory_format=torch.channels_last)
+        )
+    )
+    report = pgd_accuracy(model, x[:20], y[:20], 0.5, steps=3, restarts=1, progress=False)
+    assert any(seen) and report.metrics["max_distance"] <= 0.5 * (1 + 1e-5)
+    for parameter, (pointer, stride, values) in zip(model.parameters(), before, strict=True):
+        assert parameter.data_ptr() == pointer and parameter.stride() == stride and torch.equal(parameter, values)
+
+
 def test_attack_inputs_are_checked(plain_mlp, digits):
     _, (x, y) = digits
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -445,6 +445,7 @@ def attack_experiment(
         "pgd_accuracy": attack.metrics["robust_accuracy"],
         "attack_settings": attack.metrics["settings"],
         **epsilon_record,
+        "seconds": {"pgd": attack.metrics["seconds"]},  # where the stage's time goes, part by part
     }
     if autoattack and autoattack.get("enabled"):
         points = autoattack.get("points") or len(labels)
@@ -461,6 +462,7 @@ def attack_experiment(
         result["autoattack_accuracy"] = strongest.metrics["robust_accuracy"]
         result["autoattack_points"] = min(points, len(labels))
         result["autoattack_settings"] = strongest.metrics["settings"]
+        result["seconds"]["autoattack"] = strongest.metrics["seconds"]
     certificates = read_certificates(files.certificates, net.eval_epsilon)
     # the global radii (the certify stage's, else computed): how far below them would a plant be caught?
     reference = next((c for c in certificates if c.method == "global"), None) or certify_all(net, images)
@@ -484,6 +486,7 @@ def attack_experiment(
         )  # raises SoundnessError, naming the file of offending indices, if any certified point breaks
     result["audit"] = audits[experiment.certifiers[0]]
     result["audits"] = audits
+    result["seconds"]["audits"] = sum(audit["seconds"] for audit in audits.values())
     write_json(files.violations, {"violations": "none", "audited_certifiers": list(audits)})
     write_json(files.report, result)
     return result
@@ -511,12 +514,15 @@ def bounds_experiment(
     net, epsilon_record = load_for_evaluation(experiment, files.model, device)
     net.freeze()
     images, labels = test_split.float_images()[:points], test_split.labels[:points]
+    start = time.perf_counter()
     tightness = global_tightness(
         net, inputs=images, steps=tightness_steps, seed=experiment.seed, max_pairs=tightness_pairs
     )
     tightness.pop("pairs", None)
+    middle = time.perf_counter()
     names = list(dict.fromkeys(["global", "local", *certifiers, *experiment.certifiers]))
     rows = compare_certifiers(net, images, labels, net.eval_epsilon, names)
-    result = {"certifiers": rows, "tightness": tightness, **epsilon_record}
+    seconds = {"tightness": middle - start, "certifiers": time.perf_counter() - middle}
+    result = {"certifiers": rows, "tightness": tightness, **epsilon_record, "seconds": seconds}
     write_json(files.report, result)
     return result

@@ -82,6 +82,9 @@ def test_the_evaluation_stages_use_the_configs_eval_epsilon_and_say_so(tmp_path)
     assert certified["epsilon"] == 0.1 and attacked["attack_settings"]["eps"] == 0.1
     assert {row["epsilon"] for row in bounds["certifiers"]} == {0.1}
     assert json.loads((tmp_path / "attack.json").read_text())["eval_epsilon"] == 0.1
+    # each stage says where its time went
+    assert set(attacked["seconds"]) == {"pgd", "audits"} and all(v > 0 for v in attacked["seconds"].values())
+    assert set(bounds["seconds"]) == {"tightness", "certifiers"} and all(v > 0 for v in bounds["seconds"].values())
 
 
 def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_path):
@@ -96,3 +99,4 @@ def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_pat
     assert [c["steps"] for c in result["autoattack_settings"]["components"][:3]] == [5, 5, 5]
     without = attack_experiment(experiment, tmp_path, DataOptions(), cpu, pgd, progress=False)
     assert "autoattack_accuracy" not in without
+    assert result["seconds"]["autoattack"] > 0 and "autoattack" not in without["seconds"]

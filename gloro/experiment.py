@@ -461,6 +461,8 @@ def attack_experiment(
         )
         result["autoattack_accuracy"] = strongest.metrics["robust_accuracy"]
         result["autoattack_points"] = min(points, len(labels))
+        # AutoAttack may cover only the first points: PGD's accuracy on those same points, to compare with
+        result["pgd_accuracy_on_autoattack_points"] = float(attack.robust[:points].double().mean())
         result["autoattack_settings"] = strongest.metrics["settings"]
         result["seconds"]["autoattack"] = strongest.metrics["seconds"]
     certificates = read_certificates(files.certificates, net.eval_epsilon)

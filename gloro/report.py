@@ -56,6 +56,8 @@ def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
         "pgd_accuracy": attack["pgd_accuracy"],
         "autoattack_accuracy": attack.get("autoattack_accuracy"),
         "autoattack_points": attack.get("autoattack_points"),
+        "pgd_accuracy_on_autoattack_points": attack.get("pgd_accuracy_on_autoattack_points"),
+        "test_examples": certify["num_examples"],
         "cert_sec_per_point": certify["sec_per_point"],
         "audited_points": audit["certified"],
         "soundness_violations": sum(a["violations"] for a in audits.values()),
@@ -186,6 +188,7 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
             row[f"{metric}_diff"] = ours - match["value_percent"] if match is not None else None
         autoattack = run.get("autoattack_accuracy")
         row["autoattack"] = None if autoattack is None or pd.isna(autoattack) else 100 * float(autoattack)
+        row["autoattack_note"] = autoattack_note(run) if row["autoattack"] is not None else None
         row["sec_per_epoch"] = float(run["sec_per_epoch"])
         row["train_examples"] = int(run["train_examples"])
         row["peak_mem_mb"] = run["peak_mem_mb"]
@@ -200,7 +203,7 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
         per_image = row["sec_per_epoch"] / row["train_examples"] if measured else None
         row["gloro_time_ratio"] = gloro_per_image / per_image if measured else None
         row["gloro_mem_ratio"] = float(gloro["peak_mem_mb"]) / float(row["peak_mem_mb"]) if measured else None
-        row["note"] = None
+        row["note"] = row.pop("autoattack_note")
     planned = set()
     for name, entry in (not_run or {}).items():
         method = get_method(entry.get("method", "gloro"))
@@ -285,6 +288,17 @@ def significant(value: float, digits: int = 2) -> str:
     rounded = round(value, digits - 1 - math.floor(math.log10(abs(value))))
     exponent = math.floor(math.log10(abs(rounded)))  # 0.999 rounds to 1.0: one digit fewer after the point
     return f"{rounded:.{max(digits - 1 - exponent, 0)}f}"
+
+
+def autoattack_note(run: Mapping) -> str | None:
+    """When AutoAttack covered only the first test points, say so, with PGD's accuracy on those same points:
+    the two columns are then over different points and must not be compared directly."""
+    points, total = run.get("autoattack_points"), run.get("test_examples")
+    if points is None or pd.isna(points) or total is None or pd.isna(total) or int(points) >= int(total):
+        return None
+    same = run.get("pgd_accuracy_on_autoattack_points")
+    pgd = "" if same is None or pd.isna(same) else f" (PGD on those points: {100 * float(same):.1f}%)"
+    return f"AutoAttack on the first {int(points):,} of {int(total):,} test points{pgd}"
 
 
 def table1_view(table: pd.DataFrame) -> pd.DataFrame:

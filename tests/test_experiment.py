@@ -101,3 +101,4 @@ def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_pat
     without = attack_experiment(experiment, tmp_path, DataOptions(), cpu, pgd, progress=False)
     assert "autoattack_accuracy" not in without
     assert result["seconds"]["autoattack"] > 0 and "autoattack" not in without["seconds"]
+    assert 0 <= result["pgd_accuracy_on_autoattack_points"] <= 1  # PGD on the same 16 points, to compare with

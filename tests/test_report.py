@@ -61,6 +61,15 @@ def test_table1_has_an_autoattack_column_only_when_a_run_measured_it():
     assert list(measured.columns).index("AutoAttack %") == list(measured.columns).index("PGD %") + 1
 
 
+def test_autoattack_on_fewer_points_than_pgd_is_noted_with_pgd_on_the_same_points():
+    run = {"autoattack_points": 1000, "test_examples": 10000, "pgd_accuracy_on_autoattack_points": 0.8091}
+    assert report.autoattack_note(run) == (
+        "AutoAttack on the first 1,000 of 10,000 test points (PGD on those points: 80.9%)"
+    )
+    assert report.autoattack_note({**run, "autoattack_points": 10000}) is None  # the same points as PGD
+    assert report.autoattack_note({**run, "autoattack_points": None}) is None
+
+
 def test_long_notes_become_numbered_footnotes_and_short_ones_stay():
     view = pd.DataFrame({"Method": ["KW", "BCP", "GloRo"], "Note": ["not run: " + "x" * 40, "short", ""]})
     shortened, footnotes = report.with_footnotes(view)

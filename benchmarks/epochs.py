@@ -130,6 +130,7 @@ def run_case(
         official_epoch = statistics.median(official_all)
         versus_official = {
             "official_epoch_seconds": official_epoch,
+            "official_epoch_seconds_all": official_all,
             "official_over_gloro": official_epoch / gloro_epoch,
             "official_images_per_second": len(data[1]) / official_epoch,
         }

@@ -558,7 +558,7 @@ def audit_soundness(
             f"the certificate covers {len(certificate.predictions)} points at epsilon={certificate.epsilon}; "
             f"the audit was given {len(images)} images at epsilon={epsilon}"
         )
-    indices = certificate.certified.nonzero().flatten()
+    indices = certificate.certified.nonzero().flatten().cpu()
     target = net.model
     adversary, settings = build_adversary(attack, target, images, epsilon, net.num_classes, seed, options)
     settings = {**settings, "seed": seed, "batch_size": batch_size}
@@ -580,7 +580,7 @@ def audit_soundness(
     distance = torch.zeros(len(indices), dtype=torch.float64)
     adversarial_predictions = predictions.clone()
     if reused.any():
-        at = indices.cpu()[reused]
+        at = indices[reused]
         distance[reused] = earlier.distance.cpu()[at].double()
         adversarial_predictions[reused] = earlier.adversarial_predictions.cpu()[at]
     fresh = ~reused

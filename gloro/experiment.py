@@ -429,9 +429,10 @@ def attack_experiment(
     """PGD accuracy at the eval ε on the test split, optionally ℓ2 AutoAttack's (`autoattack`: enabled,
     points, steps, square_queries), and a soundness audit of every point that any of the experiment's
     certifiers certified (read from `certificates.csv`), which reuses the PGD examples of points whose label is
-    their prediction and attacks only the rest; `progress` shows each advance in the job's log
-    (each can take a quarter of an hour at the paper's settings). The audit's record goes to
-    `files.violations`: "none" once every audit passed, else the broken points of the failing certifier."""
+    their prediction and attacks only the rest; `progress` shows each advance in the job's log (each takes
+    minutes at the paper's settings), and `seconds` in the result says how long each part took. The audit's
+    record goes to `files.violations`: "none" once every audit passed, else the broken points of the failing
+    certifier."""
     files = stage_files(AttackFiles, files)
     test_split = data.load(experiment, "test")
     net, epsilon_record = load_for_evaluation(experiment, files.model, device)

@@ -92,14 +92,6 @@ def plain_epochs(architecture, data, epochs, batch_size) -> dict:
     return {"epoch_seconds": seconds[1:]}
 
 
-def official_epochs(python, architecture, iterations, epsilon, arrays: Path, epochs, batch_size) -> dict:
-    """The official library's `fit` over the same arrays; seconds of the later epochs."""
-    from official_tf import measure_official_epochs  # stdlib only; found beside this script
-
-    report = measure_official_epochs(python, architecture, arrays, epochs, batch_size, iterations, epsilon)
-    return {"epoch_seconds": report["epoch_seconds"], "report": report}
-
-
 def run_case(
     name: str, rounds: int, epochs: int, batch_size: int, examples: int | None, official: bool, eval_every: int = 1
 ) -> dict:
@@ -109,7 +101,7 @@ def run_case(
     with tempfile.TemporaryDirectory() as folder:
         arrays, python = None, None
         if official:
-            from official_tf import ensure_official_venv
+            from official_tf import ensure_official_venv, measure_official_epochs  # stdlib only, beside this script
 
             python = ensure_official_venv(OFFICIAL_VENV)
             arrays = Path(folder) / "train.npz"  # channels last, as Keras takes them
@@ -118,8 +110,8 @@ def run_case(
             ours = gloro_epochs(architecture, iterations, epsilon, data, epochs, batch_size)
             plain = plain_epochs(architecture, data, epochs, batch_size)
             if official:
-                theirs = official_epochs(python, architecture, iterations, epsilon, arrays, epochs, batch_size)
-                official_all += theirs["epoch_seconds"]
+                theirs = measure_official_epochs(python, architecture, arrays, epochs, batch_size, iterations, epsilon)
+                official_all += theirs["epoch_seconds"]  # the later epochs, as on our sides
             gloro_all += ours["epoch_seconds"]
             plain_all += plain["epoch_seconds"]
             eval_all += ours["eval_seconds"]

@@ -74,9 +74,9 @@ class AttackReport:
     metrics: dict
     robust: torch.Tensor
     adversarial_predictions: torch.Tensor
-    labels: torch.Tensor | None = None
-    clean_predictions: torch.Tensor | None = None
-    distance: torch.Tensor | None = None
+    labels: torch.Tensor
+    clean_predictions: torch.Tensor
+    distance: torch.Tensor
 
 
 def attacked_model(model: nn.Module) -> nn.Module:
@@ -504,8 +504,6 @@ def reusable_points(
     """
     if earlier is None:
         return torch.zeros(len(indices), dtype=torch.bool)
-    if earlier.labels is None or earlier.clean_predictions is None or earlier.distance is None:
-        raise ValueError("the earlier attack's report lacks labels, clean predictions or distances; rerun it")
     if len(earlier.labels) != size:
         raise ValueError(f"the earlier attack covered {len(earlier.labels)} points; the audit was given {size}")
     ignored = ("seed", "batch_size")

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from gloro.certificate import Certificate
+from gloro.eigen import gram_lower, largest_eigenvalues
 from gloro.gloro_net import GloroNet, check_epsilon, layer_input_shapes
 from gloro.layers import MinMax
 from gloro.lipschitz import UnsupportedLayerError, conv_padding
@@ -164,15 +165,16 @@ def masked_spectral_norms(
     norms = []
     for outer, inner in zip(rows, cols) if by_rows else zip(cols, rows):
         dropped, kept, keep = (inner == 0).nonzero()[:, 0], inner.nonzero()[:, 0], outer.nonzero()[:, 0]
+        if not len(keep) or not len(kept):
+            norms.append(gram.new_zeros(()))  # the masked matrix is zero
+            continue
+        rows_kept = factor.index_select(0, keep)
         if len(dropped) < len(kept):
-            part = factor.index_select(1, dropped)
-            masked, slack = gram - part @ part.T, rounding
+            base = gram.index_select(0, keep).index_select(1, keep)
+            masked = gram_lower(rows_kept.index_select(1, dropped), minus_from=base)
         else:
-            part = factor.index_select(1, kept)
-            masked, slack = part @ part.T, rounding if len(kept) else 0.0
-        masked = masked.index_select(0, keep).index_select(1, keep)
-        top = torch.linalg.eigvalsh(masked)[-1] if len(keep) else masked.new_zeros(())
-        norms.append((top + slack).clamp_min(0).sqrt())
+            masked = gram_lower(rows_kept.index_select(1, kept))
+        norms.append((largest_eigenvalues(masked) + rounding).clamp_min(0).sqrt())
     return torch.stack(norms)
 
 

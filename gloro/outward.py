@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from gloro.eigen import largest_eigenvalues
+
 U64 = 2.0**-53  # float64 unit roundoff
 TINY64 = 2.0**-1022  # smallest normal float64: with flush-to-zero, the absolute error of one operation
 CHOLESKY_ATTEMPTS = 6
@@ -104,7 +106,7 @@ def spectral_norm_upper(matrices: torch.Tensor, entry_error: float = 0.0) -> flo
     cholesky_gamma = 2 * gamma(2 * size + 6, U64) if complex_ else gamma(size + 1, U64)
     frobenius = largest_norm_up(a)  # the largest ‖A_b‖_F: each Gram's error is γ·‖A_b‖_F²
     gram_error = up(gram_gamma * up(frobenius**2)) + inner * size * TINY64
-    estimate = float(torch.linalg.eigvalsh(gram)[..., -1].max())
+    estimate = float(largest_eigenvalues(gram).max())
     margin = max(abs(estimate), float(gram.diagonal(dim1=-2, dim2=-1).real.sum(-1).max()) / size) * 2.0**-40
     eye = torch.eye(size, dtype=gram.dtype)
     for _ in range(CHOLESKY_ATTEMPTS):

@@ -425,14 +425,15 @@ def attack_experiment(
     pgd: Mapping,
     progress: bool = True,
     autoattack: Mapping | None = None,
+    batch_size: int = 256,
 ) -> dict:
     """PGD accuracy at the eval ε on the test split, optionally ℓ2 AutoAttack's (`autoattack`: enabled,
     points, steps, square_queries), and a soundness audit of every point that any of the experiment's
     certifiers certified (read from `certificates.csv`), which reuses the PGD examples of points whose label is
-    their prediction and attacks only the rest; `progress` shows each advance in the job's log (each takes
-    minutes at the paper's settings), and `seconds` in the result says how long each part took. The audit's
-    record goes to `files.violations`: "none" once every audit passed, else the broken points of the failing
-    certifier."""
+    their prediction and attacks only the rest. Every attack takes `batch_size` points at a time; `progress`
+    shows each advance in the job's log (each takes minutes at the paper's settings), and `seconds` in the
+    result says how long each part took. The audit's record goes to `files.violations`: "none" once every
+    audit passed, else the broken points of the failing certifier."""
     files = stage_files(AttackFiles, files)
     test_split = data.load(experiment, "test")
     net, epsilon_record = load_for_evaluation(experiment, files.model, device)
@@ -440,7 +441,14 @@ def attack_experiment(
     images, labels = test_split.float_images(), test_split.labels
     options = {"steps": pgd["steps"], "step_size": pgd["step_size"], "restarts": pgd["restarts"]}
     attack = pgd_accuracy(
-        net.model, images, labels, net.eval_epsilon, seed=experiment.seed, progress=progress, **options
+        net.model,
+        images,
+        labels,
+        net.eval_epsilon,
+        seed=experiment.seed,
+        batch_size=batch_size,
+        progress=progress,
+        **options,
     )
     result = {
         "pgd_accuracy": attack.metrics["robust_accuracy"],
@@ -458,6 +466,7 @@ def attack_experiment(
             steps=autoattack.get("steps", AUTOATTACK_STEPS),
             square_queries=autoattack.get("square_queries", AUTOATTACK_SQUARE_QUERIES),
             seed=experiment.seed,
+            batch_size=batch_size,
             progress=progress,
         )
         result["autoattack_accuracy"] = strongest.metrics["robust_accuracy"]
@@ -484,6 +493,7 @@ def attack_experiment(
             earlier=attack,  # PGD above was this audit's attack on every certified point it classifies right
             violations_path=files.violations,
             seed=experiment.seed + 1,
+            batch_size=batch_size,
             progress=progress,
             **options,
         )  # raises SoundnessError, naming the file of offending indices, if any certified point breaks

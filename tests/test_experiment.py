@@ -96,7 +96,15 @@ def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_pat
     certify_experiment(experiment, tmp_path, DataOptions(), cpu, radii=[0.3], batch_size=64)
     pgd = {"steps": 5, "restarts": 1, "step_size": None}
     options = {"enabled": True, "points": 16, "steps": 5, "square_queries": 20}
-    result = attack_experiment(experiment, tmp_path, DataOptions(), cpu, pgd, progress=False, autoattack=options)
+    result = attack_experiment(
+        experiment, tmp_path, DataOptions(), cpu, pgd, progress=False, autoattack=options, batch_size=7
+    )
+    # the evaluation's batch size reaches every attack: PGD, AutoAttack and each audit
+    assert result["audits"]
+    batch_sizes = [result["attack_settings"]["batch_size"], result["autoattack_settings"]["batch_size"]]
+    assert batch_sizes + [audit["settings"]["batch_size"] for audit in result["audits"].values()] == [7] * (
+        2 + len(result["audits"])
+    )
     assert result["autoattack_points"] == 16 and 0 <= result["autoattack_accuracy"] <= 1
     assert [c["steps"] for c in result["autoattack_settings"]["components"][:3]] == [5, 5, 5]
     without = attack_experiment(experiment, tmp_path, DataOptions(), cpu, pgd, progress=False)

@@ -25,4 +25,5 @@ with open(snakemake.log.main, "w") as log, contextlib.redirect_stdout(log), cont
         resolve_device(snakemake.params.device),
         pgd=snakemake.params.evaluation["pgd"],
         autoattack=snakemake.params.evaluation["autoattack"],
+        batch_size=snakemake.params.evaluation["batch_size"],
     )

@@ -18,30 +18,22 @@ import json
 import statistics
 import time
 
+from trained_points import add_arguments, net_and_points  # beside this script
+
 import gloro
-from gloro.checkpoint import load
-from gloro.data.registry import load_dataset
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--epsilon", type=float, default=0.3)
-    parser.add_argument("--points", type=int, default=2048)
+    add_arguments(parser, points=2048)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     gloro.keep_freed_memory()
-    if args.checkpoint:
-        net = load(args.checkpoint)
-    else:
-        net = gloro.GloroNet(gloro.create_model("2C2F", (1, 28, 28), 10), args.epsilon)
+    net, images, labels = net_and_points(args)
     net.freeze()
-    test = load_dataset(args.dataset, "test", progress=False)
-    images, labels = test.float_images()[: args.points], test.labels[: args.points]
     seconds: dict[int, list[float]] = {size: [] for size in args.batch_sizes}
     accuracy: dict[int, float] = {}
     order = list(args.batch_sizes)

@@ -21,11 +21,10 @@ import time
 from unittest import mock
 
 import torch
+from trained_points import add_arguments, net_and_points  # beside this script
 
 import gloro
 from gloro import local_certify
-from gloro.checkpoint import load
-from gloro.data.registry import load_dataset
 
 
 def whole_spectrum_top(stack: torch.Tensor) -> torch.Tensor:
@@ -39,18 +38,11 @@ def full_product(part: torch.Tensor, minus_from: torch.Tensor | None = None) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--epsilon", type=float, default=0.3)
-    parser.add_argument("--points", type=int, default=20)
+    add_arguments(parser, points=20)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     gloro.keep_freed_memory()
-    if args.checkpoint:
-        net = load(args.checkpoint)
-    else:
-        net = gloro.GloroNet(gloro.create_model("2C2F", (1, 28, 28), 10), args.epsilon)
-    images = load_dataset(args.dataset, "test", progress=False).float_images()[: args.points]
+    net, images, _ = net_and_points(args)
     plan = local_certify.LocalPlan(net)
     sides = {
         "gloro": lambda: local_certify.certify_local(net, images, args.epsilon, plan),

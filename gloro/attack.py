@@ -326,11 +326,17 @@ def robust_accuracy(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
+    proven: torch.Tensor | None = None,
     **options,
 ) -> AttackReport:
     """Accuracy under the ℓ2 attack `attack` ('pgd' or 'autoattack') at ε: the share of points still
     classified correctly. `model` is a GloroNet (its clean logits are attacked; ε defaults to its eval ε)
     or any module returning logits. `options` are the attack's own (see `pgd_accuracy`, `autoattack_accuracy`).
+
+    `proven`: per point, whether a sound certificate at ε or more fixes its prediction at its label. No
+    attack within ε can flip such a point, so it is counted robust without being attacked (its example is
+    the point itself); `proven_not_attacked` in the metrics counts them. A proven point the model
+    misclassifies raises: the certificate belongs to another model or other labels.
     """
     net = model if isinstance(model, GloroNet) else None
     if epsilon is None:
@@ -344,16 +350,33 @@ def robust_accuracy(
     adversary, settings = build_adversary(attack, target, images, epsilon, num_classes, seed, options)
     settings = {**settings, "seed": seed, "batch_size": batch_size}
     labels = labels.cpu()
+    clean = predict(target, images, batch_size)
+    skipped = torch.zeros(len(labels), dtype=torch.bool) if proven is None else proven_points(proven, clean, labels)
+    attacked_points = (~skipped).nonzero().flatten()
     start = time.perf_counter()
-    adversarial = run_adversary(
-        adversary, target, images, labels, seed=seed, batch_size=batch_size, progress=progress, description=attack
-    )
+    if skipped.any():
+        settings["proven_points"] = "counted robust without being attacked: a sound certificate fixes their label"
+        adversarial = images.clone()
+        at = attacked_points.to(images.device)
+        adversarial[at] = run_adversary(
+            adversary,
+            target,
+            images[at],
+            labels[attacked_points],
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            description=attack,
+        )
+    else:
+        adversarial = run_adversary(
+            adversary, target, images, labels, seed=seed, batch_size=batch_size, progress=progress, description=attack
+        )
     seconds = time.perf_counter() - start
     distance = (adversarial - images).flatten(1).norm(dim=1).double().cpu()
     outside = distance > epsilon * (1 + DISTANCE_TOLERANCE)
     adversarial[outside.to(adversarial.device)] = images[outside.to(images.device)]
     kept_distance = torch.where(outside, torch.zeros_like(distance), distance)
-    clean = predict(target, images, batch_size)
     attacked = predict(target, adversarial, batch_size)
     robust = attacked == labels
     n = max(len(labels), 1)
@@ -365,6 +388,7 @@ def robust_accuracy(
         "robust_accuracy": float(robust.sum()) / n,
         "max_distance": float(distance[~outside].max()) if bool((~outside).any()) else 0.0,
         "discarded_outside_ball": int(outside.sum()),
+        "proven_not_attacked": int(skipped.sum()),
         "seconds": seconds,
         "settings": settings,
     }
@@ -376,6 +400,20 @@ def robust_accuracy(
         clean_predictions=clean,
         distance=kept_distance,
     )
+
+
+def proven_points(proven: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`proven` (one flag per point) as a CPU bool mask, checked against the model's clean predictions."""
+    mask = torch.as_tensor(proven, dtype=torch.bool).cpu()
+    if mask.shape != labels.shape:
+        raise ValueError(f"proven needs one flag per point: got shape {tuple(mask.shape)} for {len(labels)} points")
+    wrong = (mask & (clean != labels)).nonzero().flatten()
+    if len(wrong):
+        raise ValueError(
+            f"{len(wrong)} points marked proven are misclassified by the model (first: index {int(wrong[0])}): "
+            "pass only points a certificate of this model fixes at their label"
+        )
+    return mask
 
 
 def pgd_accuracy(
@@ -390,12 +428,14 @@ def pgd_accuracy(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
+    proven: torch.Tensor | None = None,
 ) -> AttackReport:
     """PGD accuracy (the share of points still classified correctly) under ℓ2 PGD at ε.
 
     Defaults: 100 steps of size 2.5·ε/steps and 10 random restarts, the later restarts on the points not yet
     flipped. The paper gives no PGD settings; these are stronger than the usual 20-50 steps with one start,
-    and the step rule (Madry et al.) lets a run reach the ball's boundary from any start.
+    and the step rule (Madry et al.) lets a run reach the ball's boundary from any start. `proven`: points a
+    sound certificate fixes at their label, counted robust unattacked (see `robust_accuracy`).
     """
     return robust_accuracy(
         model,
@@ -406,6 +446,7 @@ def pgd_accuracy(
         seed=seed,
         batch_size=batch_size,
         progress=progress,
+        proven=proven,
         steps=steps,
         step_size=step_size,
         restarts=restarts,
@@ -424,10 +465,12 @@ def autoattack_accuracy(
     seed: int = 0,
     batch_size: int = 256,
     progress: bool = True,
+    proven: torch.Tensor | None = None,
 ) -> AttackReport:
     """Accuracy under ℓ2 AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) at ε, with the original
     protocol's settings: 100 iterations, 9 target classes (fewer when the net has fewer), 5000 Square
-    queries. The class count comes from the GloroNet, or from the model's logits.
+    queries. The class count comes from the GloroNet, or from the model's logits. `proven`: points a sound
+    certificate fixes at their label, counted robust unattacked (see `robust_accuracy`).
     """
     return robust_accuracy(
         model,
@@ -438,6 +481,7 @@ def autoattack_accuracy(
         seed=seed,
         batch_size=batch_size,
         progress=progress,
+        proven=proven,
         steps=steps,
         square_queries=square_queries,
         target_classes=target_classes,

@@ -417,6 +417,14 @@ def read_certificates(path: Path, epsilon: float) -> list[Certificate]:
     return certificates
 
 
+def proven_robust(certificates: Sequence[Certificate], labels: torch.Tensor) -> torch.Tensor:
+    """Per point: whether some certificate certifies it with its label as the prediction."""
+    proven = torch.zeros(len(labels), dtype=torch.bool)
+    for certificate in certificates:
+        proven |= certificate.certified.cpu() & (certificate.predictions.cpu() == labels.cpu())
+    return proven
+
+
 def attack_experiment(
     experiment: Experiment,
     files: AttackFiles | str | os.PathLike,
@@ -427,13 +435,14 @@ def attack_experiment(
     autoattack: Mapping | None = None,
     batch_size: int = 256,
 ) -> dict:
-    """PGD accuracy at the eval ε on the test split, optionally ℓ2 AutoAttack's (`autoattack`: enabled,
-    points, steps, square_queries), and a soundness audit of every point that any of the experiment's
-    certifiers certified (read from `certificates.csv`), which reuses the PGD examples of points whose label is
-    their prediction and attacks only the rest. Every attack takes `batch_size` points at a time; `progress`
-    shows each advance in the job's log (each takes minutes at the paper's settings), and `seconds` in the
-    result says how long each part took. The audit's record goes to `files.violations`: "none" once every
-    audit passed, else the broken points of the failing certifier."""
+    """PGD accuracy at the eval ε on the test split, a soundness audit of every point that any of the
+    experiment's certifiers certified (read from `certificates.csv`), which reuses the PGD examples of points
+    whose label is their prediction and attacks only the rest, and optionally ℓ2 AutoAttack's accuracy
+    (`autoattack`: enabled, points, steps, square_queries, attack_certified), which counts the points an
+    audited certificate proves robust without attacking them unless `attack_certified`. Every attack takes
+    `batch_size` points at a time; `progress` shows each advance in the job's log (each takes minutes at the
+    paper's settings), and `seconds` in the result says how long each part took. The audit's record goes to
+    `files.violations`: "none" once every audit passed, else the broken points of the failing certifier."""
     files = stage_files(AttackFiles, files)
     test_split = data.load(experiment, "test")
     net, epsilon_record = load_for_evaluation(experiment, files.model, device)
@@ -456,25 +465,6 @@ def attack_experiment(
         **epsilon_record,
         "seconds": {"pgd": attack.metrics["seconds"]},  # where the stage's time goes, part by part
     }
-    if autoattack and autoattack.get("enabled"):
-        points = autoattack.get("points") or len(labels)
-        strongest = autoattack_accuracy(
-            net.model,
-            images[:points],
-            labels[:points],
-            net.eval_epsilon,
-            steps=autoattack.get("steps", AUTOATTACK_STEPS),
-            square_queries=autoattack.get("square_queries", AUTOATTACK_SQUARE_QUERIES),
-            seed=experiment.seed,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        result["autoattack_accuracy"] = strongest.metrics["robust_accuracy"]
-        result["autoattack_points"] = min(points, len(labels))
-        # AutoAttack may cover only the first points: PGD's accuracy on those same points, to compare with
-        result["pgd_accuracy_on_autoattack_points"] = float(attack.robust[:points].double().mean())
-        result["autoattack_settings"] = strongest.metrics["settings"]
-        result["seconds"]["autoattack"] = strongest.metrics["seconds"]
     certificates = read_certificates(files.certificates, net.eval_epsilon)
     # the global radii (the certify stage's, else computed): how far below them would a plant be caught?
     reference = next((c for c in certificates if c.method == "global"), None) or certify_all(net, images)
@@ -501,6 +491,29 @@ def attack_experiment(
     result["audits"] = audits
     result["seconds"]["audits"] = sum(audit["seconds"] for audit in audits.values())
     write_json(files.violations, {"violations": "none", "audited_certifiers": list(audits)})
+    if autoattack and autoattack.get("enabled"):
+        points = min(autoattack.get("points") or len(labels), len(labels))
+        # after the audits: the points their certificates prove robust need no attack unless the config asks
+        proven = None if autoattack.get("attack_certified") else proven_robust(certificates, labels)[:points]
+        strongest = autoattack_accuracy(
+            net.model,
+            images[:points],
+            labels[:points],
+            net.eval_epsilon,
+            steps=autoattack.get("steps", AUTOATTACK_STEPS),
+            square_queries=autoattack.get("square_queries", AUTOATTACK_SQUARE_QUERIES),
+            seed=experiment.seed,
+            batch_size=batch_size,
+            progress=progress,
+            proven=proven,
+        )
+        result["autoattack_accuracy"] = strongest.metrics["robust_accuracy"]
+        result["autoattack_points"] = points
+        result["autoattack_proven_not_attacked"] = strongest.metrics["proven_not_attacked"]
+        # AutoAttack may cover only the first points: PGD's accuracy on those same points, to compare with
+        result["pgd_accuracy_on_autoattack_points"] = float(attack.robust[:points].double().mean())
+        result["autoattack_settings"] = strongest.metrics["settings"]
+        result["seconds"]["autoattack"] = strongest.metrics["seconds"]
     write_json(files.report, result)
     return result
 

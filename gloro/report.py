@@ -56,6 +56,7 @@ def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
         "pgd_accuracy": attack["pgd_accuracy"],
         "autoattack_accuracy": attack.get("autoattack_accuracy"),
         "autoattack_points": attack.get("autoattack_points"),
+        "autoattack_proven_not_attacked": attack.get("autoattack_proven_not_attacked"),
         "pgd_accuracy_on_autoattack_points": attack.get("pgd_accuracy_on_autoattack_points"),
         "test_examples": certify["num_examples"],
         "cert_sec_per_point": certify["sec_per_point"],

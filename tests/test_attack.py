@@ -57,6 +57,32 @@ def trained(digits):
     return net.freeze()
 
 
+def test_proven_points_count_robust_unattacked_and_the_rest_are_attacked_as_alone(plain_mlp, digits):
+    _, (x, y) = digits
+    x, y = x[:120], y[:120]
+    correct = (plain_mlp(x).argmax(1) == y).nonzero().flatten()
+    proven = torch.zeros(len(y), dtype=torch.bool)
+    proven[correct[::2]] = True  # stand-ins for certified points: PGD would break most of them
+    settings = {"steps": 10, "restarts": 1, "batch_size": 32, "seed": 3, "progress": False}
+    report = pgd_accuracy(plain_mlp, x, y, 1.0, proven=proven, **settings)
+    assert report.metrics["proven_not_attacked"] == int(proven.sum()) > 0
+    assert report.robust[proven].all() and (report.distance[proven] == 0).all()
+    assert torch.equal(report.adversarial_predictions[proven], y[proven])
+    alone = pgd_accuracy(plain_mlp, x[~proven], y[~proven], 1.0, **settings)
+    assert torch.equal(report.robust[~proven], alone.robust)  # the others: exactly as if attacked by themselves
+    assert torch.equal(report.distance[~proven], alone.distance)
+    assert alone.robust.double().mean() < 0.3  # the attack is real, so skipping the proven ones is what saved them
+    expected = (int(proven.sum()) + int(alone.robust.sum())) / len(y)
+    assert report.metrics["robust_accuracy"] == pytest.approx(expected)
+    wrong = (plain_mlp(x).argmax(1) != y).nonzero().flatten()[:1]
+    marked = proven.clone()
+    marked[wrong] = True
+    with pytest.raises(ValueError, match="misclassified"):
+        pgd_accuracy(plain_mlp, x, y, 1.0, proven=marked, **settings)
+    with pytest.raises(ValueError, match="one flag per point"):
+        pgd_accuracy(plain_mlp, x, y, 1.0, proven=proven[:-1], **settings)
+
+
 def test_pgd_breaks_an_undefended_model(plain_mlp, digits):
     _, (x, y) = digits
     state = torch.get_rng_state()

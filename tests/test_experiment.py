@@ -12,6 +12,7 @@ from gloro.experiment import (
     attack_experiment,
     bounds_experiment,
     certify_experiment,
+    read_certificates,
     train_experiment,
 )
 
@@ -90,7 +91,8 @@ def test_the_evaluation_stages_use_the_configs_eval_epsilon_and_say_so(tmp_path)
 
 
 def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_path):
-    experiment = Experiment.from_config("aa", SETTINGS)
+    certified_some = {"epochs": 10, "subset": {"test": 64}}  # the whole digits training split: some points certify
+    experiment = Experiment.from_config("aa", {**SETTINGS, **certified_some})
     cpu = torch.device("cpu")
     train_experiment(experiment, tmp_path, DataOptions(), cpu, progress=False)
     certify_experiment(experiment, tmp_path, DataOptions(), cpu, radii=[0.3], batch_size=64)
@@ -111,3 +113,16 @@ def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_pat
     assert "autoattack_accuracy" not in without
     assert result["seconds"]["autoattack"] > 0 and "autoattack" not in without["seconds"]
     assert 0 <= result["pgd_accuracy_on_autoattack_points"] <= 1  # PGD on the same 16 points, to compare with
+    # the points an audited certificate proves robust at their label count as robust without being attacked
+    certificates = read_certificates(tmp_path / "certificates.csv", experiment.eval_epsilon)
+    labels = DataOptions().load(experiment, "test").labels[:16]
+    proven = torch.zeros(16, dtype=torch.bool)
+    for certificate in certificates:
+        proven |= certificate.certified[:16] & (certificate.predictions[:16] == labels)
+    assert result["autoattack_proven_not_attacked"] == int(proven.sum()) > 0
+    assert result["autoattack_accuracy"] >= float(proven.double().mean())
+    everything = attack_experiment(
+        experiment, tmp_path, DataOptions(), cpu, pgd, progress=False, autoattack={**options, "attack_certified": True}
+    )
+    assert everything["autoattack_proven_not_attacked"] == 0
+    assert everything["autoattack_accuracy"] >= float(proven.double().mean())  # the certificates hold under it too

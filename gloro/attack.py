@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from gloro.atomic import write_json
 from gloro.evaluate import certify_all
 from gloro.gloro_net import GloroNet, check_epsilon
+from gloro.input_gradient import fold_input_gradients, inputs_only
 
 if TYPE_CHECKING:
     from gloro.certify import Certificate
@@ -267,7 +268,14 @@ def run_adversary(
     device = model_device(model)
     adversarial = torch.empty_like(images)
     bar = tqdm(total=len(images), desc=description, unit="image", disable=not progress)
-    with seeded(seed), eval_mode(model), attack_layout(model, images) as layout, bar:
+    with (
+        seeded(seed),
+        eval_mode(model),
+        attack_layout(model, images) as layout,
+        inputs_only(model),
+        fold_input_gradients(model),
+        bar,
+    ):
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device).contiguous(memory_format=layout)
             y = labels[start : start + batch_size].to(device)

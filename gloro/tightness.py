@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gloro.gloro_net import GloroNet, check_epsilon
+from gloro.input_gradient import fold_input_gradients, inputs_only
 from gloro.local_certify import local_lipschitz
 
 
@@ -64,25 +65,33 @@ def _optimise_pairs(
 
 
 def _optimise_chunk(model, x1, x2, pairs, steps, learning_rate, project) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each step's ratio, computed for its gradient, also scores the pair it was computed at: every iterate is
+    scored once (the last one after the loop), and the best pair seen is kept."""
     x1, x2 = project(x1.clone()), project(x2.clone())
     best1, best2 = x1.clone(), x2.clone()
-    with torch.no_grad():
-        best = _margin_gaps(model, x1, x2, pairs)
+    best = torch.full((len(pairs),), -math.inf, dtype=x1.dtype, device=x1.device)
     x1.requires_grad_(True)
     x2.requires_grad_(True)
     optimizer = torch.optim.Adam([x1, x2], lr=learning_rate)
-    for _ in range(steps):
-        ratio = _margin_gaps(model, x1, x2, pairs)
-        # gradients for the inputs only: the model's parameters and their .grad stay untouched
-        x1.grad, x2.grad = torch.autograd.grad(-ratio.sum(), (x1, x2))
-        optimizer.step()
-        with torch.no_grad():
-            x1.copy_(project(x1))
-            x2.copy_(project(x2))
+
+    def keep_better(ratio: torch.Tensor) -> None:
+        nonlocal best
+        better = ratio > best
+        best = torch.where(better, ratio, best)
+        best1[better], best2[better] = x1.detach()[better], x2.detach()[better]
+
+    # gradients for the inputs only: the model's parameters and their .grad stay untouched
+    with inputs_only(model), fold_input_gradients(model):
+        for _ in range(steps):
             ratio = _margin_gaps(model, x1, x2, pairs)
-            better = ratio > best
-            best = torch.where(better, ratio, best)
-            best1[better], best2[better] = x1[better], x2[better]
+            keep_better(ratio.detach())
+            x1.grad, x2.grad = torch.autograd.grad(-ratio.sum(), (x1, x2))
+            optimizer.step()
+            with torch.no_grad():
+                x1.copy_(project(x1))
+                x2.copy_(project(x2))
+        with torch.no_grad():
+            keep_better(_margin_gaps(model, x1, x2, pairs))
     return best1, best2
 
 

@@ -29,6 +29,7 @@ from gloro.atomic import write_json
 from gloro.evaluate import certify_all
 from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.input_gradient import fold_input_gradients, inputs_only
+from gloro.layout import matching_gradients
 
 if TYPE_CHECKING:
     from gloro.certify import Certificate
@@ -274,6 +275,7 @@ def run_adversary(
         attack_layout(model, images) as layout,
         inputs_only(model),
         fold_input_gradients(model),
+        matching_gradients(model),
         bar,
     ):
         for start in range(0, len(images), batch_size):

@@ -1,10 +1,11 @@
 """Input gradients for attacks and searches: single-channel convolutions' from a GEMM and a col2im, and none
 for the parameters.
 
-oneDNN's backward-data of a conv with one input channel (every MNIST-shaped net's first layer) runs at a
-tenth of its forward's speed on a 2-core CPU, and attacks and the tightness search need exactly that
-gradient at every step. `fold_input_gradients(model)` makes such convs compute it as Wᵀ·g followed by
-`F.fold` (col2im) for as long as the block runs; their forward is the same `F.conv2d` call as before.
+oneDNN's backward-data of a conv with one input channel (every MNIST-shaped net's first layer) runs many
+times slower than its forward on a CPU (benchmarks/README.md, session 11), and attacks and the tightness
+search need exactly that gradient at every step. `fold_input_gradients(model)` makes such convs compute it
+as Wᵀ·g followed by `F.fold` (col2im) for as long as the block runs; their forward is the same `F.conv2d`
+call as before.
 """
 
 from __future__ import annotations

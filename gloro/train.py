@@ -22,6 +22,7 @@ from gloro.certify.bcp import bcp_loss
 from gloro.certify.kw import kw_loss
 from gloro.data.augment import Augmentation, augmentation, augmentations, no_augmentation
 from gloro.gloro_net import GloroNet
+from gloro.layout import matching_gradients
 from gloro.losses import gloro_cross_entropy, gloro_trades
 from gloro.schedules import Constant, Schedule
 
@@ -341,20 +342,21 @@ def train_epoch(
     """
     order = torch.randperm(len(labels), generator=generator)
     loss_sum = correct = robust = 0.0
-    for batch in order.split(recipe.batch_size):
-        x = images[batch].to(device, non_blocking=True)
-        x = augment(x, generator).contiguous(memory_format=memory_format)
-        y = labels[batch].to(device, non_blocking=True)
-        loss, clean, robust_points = batch_objective(net, x, y, recipe, lam, kappa)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad_norm)
-        optimizer.step()
-        with torch.no_grad():
-            loss_sum += float(loss) * len(y)
-            correct += float((clean.argmax(1) == y).sum())
-            robust += float(robust_points.sum())
+    with matching_gradients(net.model):  # channels_last gradients stay channels_last through the Flatten
+        for batch in order.split(recipe.batch_size):
+            x = images[batch].to(device, non_blocking=True)
+            x = augment(x, generator).contiguous(memory_format=memory_format)
+            y = labels[batch].to(device, non_blocking=True)
+            loss, clean, robust_points = batch_objective(net, x, y, recipe, lam, kappa)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                loss_sum += float(loss) * len(y)
+                correct += float((clean.argmax(1) == y).sum())
+                robust += float(robust_points.sum())
     n = len(labels)
     return {"loss": loss_sum / n, "clean_accuracy": correct / n, "vra": robust / n}
 

@@ -4,12 +4,13 @@ for the parameters.
 oneDNN's backward-data of a conv with one input channel (every MNIST-shaped net's first layer) runs many
 times slower than its forward on a CPU (benchmarks/README.md, session 11), and attacks and the tightness
 search need exactly that gradient at every step. `fold_input_gradients(model)` makes such convs compute it
-as Wᵀ·g followed by `F.fold` (col2im) for as long as the block runs; their forward is the same `F.conv2d`
+as Wᵀ·g followed by a col2im for as long as the block runs; their forward is the same `F.conv2d`
 call as before.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,13 +27,35 @@ def fold_input_gradient(
     padding: tuple[int, int],
 ) -> torch.Tensor:
     """The gradient w.r.t. the input of `conv2d(x, weight, stride=stride, padding=padding)` (one group, no
-    dilation) given `grad_output`: each output position's Wᵀ·g patch, summed back onto the input by col2im."""
-    batch, out_channels = grad_output.shape[:2]
-    positions = grad_output.shape[2] * grad_output.shape[3]
-    patches = torch.matmul(
-        weight.reshape(out_channels, -1).t(), grad_output.contiguous().reshape(batch, out_channels, positions)
+    dilation) given `grad_output`: each output position's Wᵀ·g patch, from one GEMM over the whole batch,
+    summed back onto the (padded) input by one `index_add_` (a col2im that does not loop over the batch)."""
+    batch, out_channels, out_h, out_w = grad_output.shape
+    _, in_channels, kernel_h, kernel_w = weight.shape
+    (stride_h, stride_w), (pad_h, pad_w) = stride, padding
+    height, width = input_size
+    rows = rows_of(grad_output)  # (batch · out_h · out_w, out_channels)
+    patches = (rows @ weight.reshape(out_channels, -1)).reshape(batch, -1)  # per position: (cin, kh, kw)
+    full_h = max(stride_h * (out_h - 1) + kernel_h, pad_h + height)
+    full_w = max(stride_w * (out_w - 1) + kernel_w, pad_w + width)
+    index = _patch_index(out_h, out_w, in_channels, kernel_h, kernel_w, stride_h, stride_w, full_h, full_w)
+    full = grad_output.new_zeros(batch, in_channels * full_h * full_w).index_add_(1, index.to(rows.device), patches)
+    full = full.reshape(batch, in_channels, full_h, full_w)
+    return full[:, :, pad_h : pad_h + height, pad_w : pad_w + width].contiguous()  # attacks view() it
+
+
+def rows_of(grad_output: torch.Tensor) -> torch.Tensor:
+    """grad_output as one row of channels per output position (a view when it is channels_last)."""
+    return grad_output.permute(0, 2, 3, 1).reshape(-1, grad_output.shape[1])
+
+
+@functools.lru_cache(maxsize=64)
+def _patch_index(out_h, out_w, in_channels, kernel_h, kernel_w, stride_h, stride_w, full_h, full_w) -> torch.Tensor:
+    """Where, in the flattened padded input (cin, full_h, full_w), each entry of one image's patches lands:
+    patches are ordered (oy, ox, ci, ky, kx), as `fold_input_gradient` forms them."""
+    oy, ox, ci, ky, kx = torch.meshgrid(
+        *(torch.arange(n) for n in (out_h, out_w, in_channels, kernel_h, kernel_w)), indexing="ij"
     )
-    return F.fold(patches, input_size, weight.shape[-2:], stride=stride, padding=padding)
+    return ((ci * full_h + stride_h * oy + ky) * full_w + stride_w * ox + kx).reshape(-1)
 
 
 class _FoldedConv2d(torch.autograd.Function):

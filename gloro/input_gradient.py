@@ -92,11 +92,12 @@ class _FoldedConv2d(torch.autograd.Function):
 
 
 def folds(layer: nn.Module) -> bool:
-    """Whether `layer` is a conv whose input gradient `fold_input_gradients` takes over: one input channel,
-    one group, no dilation, zero padding given as numbers. With three or more input channels oneDNN's own
-    backward is as fast or faster (benchmarks/README.md)."""
+    """Whether `layer` is a conv whose input gradient `fold_input_gradients` takes over: on the CPU, one input
+    channel, one group, no dilation, zero padding given as numbers. With three or more input channels
+    oneDNN's own backward is as fast or faster (benchmarks/README.md); GPUs keep their own (not measured)."""
     return (
         type(layer) is nn.Conv2d
+        and layer.weight.device.type == "cpu"
         and layer.in_channels == 1
         and layer.groups == 1
         and tuple(layer.dilation) == (1, 1)

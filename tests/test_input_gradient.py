@@ -71,6 +71,7 @@ def test_only_plain_single_channel_convs_fold():
     assert not folds(nn.Conv2d(1, 4, 3, padding="same"))
     assert not folds(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"))
     assert not folds(nn.Linear(4, 4))
+    assert not folds(nn.Conv2d(1, 4, 3, device="meta"))  # off the CPU, the device's own backward stays
 
 
 @pytest.fixture

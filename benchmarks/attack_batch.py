@@ -18,7 +18,8 @@ import json
 import statistics
 import time
 
-from trained_points import add_arguments, net_and_points  # beside this script
+from interleaved import interleaved  # beside this script
+from trained_points import add_arguments, net_and_points
 
 import gloro
 
@@ -34,25 +35,24 @@ def main() -> None:
     gloro.keep_freed_memory()
     net, images, labels = net_and_points(args)
     net.freeze()
-    seconds: dict[int, list[float]] = {size: [] for size in args.batch_sizes}
     accuracy: dict[int, float] = {}
-    order = list(args.batch_sizes)
-    for _ in range(args.rounds):
-        for size in order:
-            start = time.perf_counter()
-            report = gloro.pgd_accuracy(
-                net.model,
-                images,
-                labels,
-                args.epsilon,
-                steps=args.steps,
-                restarts=args.restarts,
-                batch_size=size,
-                progress=False,
-            )
-            seconds[size].append(time.perf_counter() - start)
-            accuracy[size] = report.metrics["robust_accuracy"]
-        order.reverse()  # each size goes first and last in turn
+
+    def measure(size: int) -> float:
+        start = time.perf_counter()
+        report = gloro.pgd_accuracy(
+            net.model,
+            images,
+            labels,
+            args.epsilon,
+            steps=args.steps,
+            restarts=args.restarts,
+            batch_size=size,
+            progress=False,
+        )
+        accuracy[size] = report.metrics["robust_accuracy"]
+        return time.perf_counter() - start
+
+    seconds = interleaved(args.batch_sizes, args.rounds, measure)
     smallest = args.batch_sizes[0]
     median = {size: statistics.median(values) for size, values in seconds.items()}
     print(

@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from trained_points import add_arguments, net_and_points  # beside this script
+from interleaved import interleaved  # beside this script
+from trained_points import add_arguments, net_and_points
 
 import gloro
 from gloro.data.registry import load_dataset
@@ -38,28 +39,19 @@ def main() -> None:
     every_label = load_dataset(args.dataset, "test", progress=False).labels  # certificates.csv covers them all
     proven = proven_robust(certificates, every_label)[: args.points]
     sides = {"proven skipped": proven, "all attacked": None}
-    runs: dict[str, list[dict]] = {side: [] for side in sides}
-    order = list(sides)
-    for _ in range(args.rounds):
-        for side in order:
-            start = time.perf_counter()
-            report = gloro.autoattack_accuracy(
-                net.model,
-                images,
-                labels,
-                args.epsilon,
-                batch_size=args.batch_size,
-                progress=False,
-                proven=sides[side],
-            )
-            runs[side].append(
-                {
-                    "seconds": time.perf_counter() - start,
-                    "robust_accuracy": report.metrics["robust_accuracy"],
-                    "proven_not_attacked": report.metrics["proven_not_attacked"],
-                }
-            )
-        order.reverse()
+
+    def measure(side: str) -> dict:
+        start = time.perf_counter()
+        report = gloro.autoattack_accuracy(
+            net.model, images, labels, args.epsilon, batch_size=args.batch_size, progress=False, proven=sides[side]
+        )
+        return {
+            "seconds": time.perf_counter() - start,
+            "robust_accuracy": report.metrics["robust_accuracy"],
+            "proven_not_attacked": report.metrics["proven_not_attacked"],
+        }
+
+    runs = interleaved(sides, args.rounds, measure)
     seconds = {side: min(run["seconds"] for run in values) for side, values in runs.items()}
     print(
         json.dumps(

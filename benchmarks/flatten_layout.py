@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import statistics
 from unittest import mock
 
 from epochs import CASES, case_data, gloro_epochs  # beside this script
+from interleaved import interleaved
 
 import gloro
 
@@ -26,6 +28,16 @@ import gloro
 @contextlib.contextmanager
 def unhooked(model):
     yield 0
+
+
+def epoch_seconds(case: str, data, args: argparse.Namespace, side: str) -> float:
+    """The median seconds of the later epochs of one `gloro.train` run, with the hook ("matching") or without."""
+    architecture, iterations, epsilon, _ = CASES[case]
+    training = importlib.import_module("gloro.train")  # the module, which gloro.train (the function) hides
+    patch = mock.patch.object(training, "matching_gradients", unhooked) if side == "mixed" else None
+    with patch or contextlib.nullcontext():
+        run = gloro_epochs(architecture, iterations, epsilon, data, args.epochs, args.batch_size)
+    return statistics.median(run["epoch_seconds"])
 
 
 def main() -> None:
@@ -36,20 +48,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
     gloro.keep_freed_memory()
-    training = importlib.import_module("gloro.train")  # the module, which gloro.train (the function) hides
     report = {}
     for case in args.cases:
-        architecture, iterations, epsilon, source = CASES[case]
-        data = case_data(source, None)
-        seconds: dict[str, list[float]] = {"matching": [], "mixed": []}
-        order = list(seconds)
-        for _ in range(args.rounds):
-            for side in order:
-                patch = mock.patch.object(training, "matching_gradients", unhooked) if side == "mixed" else None
-                with patch or contextlib.nullcontext():
-                    run = gloro_epochs(architecture, iterations, epsilon, data, args.epochs, args.batch_size)
-                seconds[side].append(statistics.median(run["epoch_seconds"]))
-            order.reverse()  # each side goes first and last in turn
+        data = case_data(CASES[case][3], None)
+        seconds = interleaved(["matching", "mixed"], args.rounds, functools.partial(epoch_seconds, case, data, args))
         median = {side: statistics.median(values) for side, values in seconds.items()}
         report[case] = {
             "seconds_per_epoch": seconds,

@@ -20,7 +20,8 @@ import statistics
 import time
 from unittest import mock
 
-from trained_points import add_arguments, net_and_points  # beside this script
+from interleaved import interleaved  # beside this script
+from trained_points import add_arguments, net_and_points
 
 import gloro
 import gloro.attack
@@ -66,23 +67,15 @@ def main() -> None:
     gloro.keep_freed_memory()
     net, images, labels = net_and_points(args)
     net.freeze()
-    sides = {"folded": contextlib.nullcontext, "onednn": lambda: patched()}
 
-    @contextlib.contextmanager
-    def patched():
-        with (
-            mock.patch.object(gloro.attack, "fold_input_gradients", unfolded),
-            mock.patch.object(gloro.tightness, "fold_input_gradients", unfolded),
-        ):
-            yield
+    def measure(side: str) -> dict:
+        with contextlib.ExitStack() as stack:
+            if side == "onednn":
+                for module in (gloro.attack, gloro.tightness):
+                    stack.enter_context(mock.patch.object(module, "fold_input_gradients", unfolded))
+            return timed(args, net, images, labels)
 
-    runs: dict[str, list[dict]] = {side: [] for side in sides}
-    order = list(sides)
-    for _ in range(args.rounds):
-        for side in order:
-            with sides[side]():
-                runs[side].append(timed(args, net, images, labels))
-        order.reverse()  # each side goes first and last in turn
+    runs = interleaved(["folded", "onednn"], args.rounds, measure)
     median = {
         side: {part: statistics.median(run[part] for run in results) for part in ("pgd", "tightness")}
         for side, results in runs.items()

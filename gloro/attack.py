@@ -362,26 +362,21 @@ def robust_accuracy(
     labels = labels.cpu()
     clean = predict(target, images, batch_size)
     skipped = torch.zeros(len(labels), dtype=torch.bool) if proven is None else proven_points(proven, clean, labels)
-    attacked_points = (~skipped).nonzero().flatten()
-    start = time.perf_counter()
     if skipped.any():
         settings["proven_points"] = "counted robust without being attacked: a sound certificate fixes their label"
-        adversarial = images.clone()
-        at = attacked_points.to(images.device)
-        adversarial[at] = run_adversary(
-            adversary,
-            target,
-            images[at],
-            labels[attacked_points],
-            seed=seed,
-            batch_size=batch_size,
-            progress=progress,
-            description=attack,
-        )
-    else:
-        adversarial = run_adversary(
-            adversary, target, images, labels, seed=seed, batch_size=batch_size, progress=progress, description=attack
-        )
+    at = (~skipped).nonzero().flatten()
+    start = time.perf_counter()
+    adversarial = images.clone()  # a proven point's example is the point itself
+    adversarial[at.to(images.device)] = run_adversary(
+        adversary,
+        target,
+        images[at.to(images.device)],
+        labels[at],
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        description=attack,
+    )
     seconds = time.perf_counter() - start
     distance = (adversarial - images).flatten(1).norm(dim=1).double().cpu()
     outside = distance > epsilon * (1 + DISTANCE_TOLERANCE)

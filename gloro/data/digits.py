@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.metadata
+import importlib.util
 from pathlib import Path
 
 import numpy as np
-import sklearn
 import torch
-from sklearn.datasets import load_digits as sklearn_digits
 
 from gloro.data.download import md5_file
 from gloro.data.sources import source_record
@@ -16,6 +15,13 @@ from gloro.data.split import RawSplit
 
 DIGITS_DIVISOR = 16.0  # pixel values are 0..16
 DIGITS_TEST_SIZE = 360  # the last 360 of the 1797 images, an ordered split as the paper's loaders used
+
+
+def sklearn_digits():
+    """scikit-learn's `load_digits()` bunch; scikit-learn is imported here, not with gloro (it takes a second)."""
+    from sklearn.datasets import load_digits as load
+
+    return load()
 
 
 def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +38,10 @@ def load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def bundled_file() -> str:
     """Path of the file scikit-learn reads the digits from (its identity is the cache's fingerprint)."""
-    return str(resources.files("sklearn.datasets.data") / "digits.csv.gz")
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the digits data set needs scikit-learn: pip install scikit-learn")
+    return str(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz")
 
 
 def read_split(split: str) -> RawSplit:
@@ -45,7 +54,7 @@ def read_split(split: str) -> RawSplit:
     part = slice(None, cut) if split == "train" else slice(cut, None)
     path = bundled_file()
     record = source_record("digits", path, {"digits.csv.gz": md5_file(path)})
-    record["package"] = f"scikit-learn {sklearn.__version__}"
+    record["package"] = f"scikit-learn {importlib.metadata.version('scikit-learn')}"
     return RawSplit(
         images=np.ascontiguousarray(images[part]),
         labels=bunch.target[part].astype(np.int64),

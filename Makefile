@@ -1,10 +1,11 @@
-# `make run`: set up .venv and run the main job. `make test`: set up .venv and run the tests.
+# `make run`: set up .venv and run the main job. `make test`: set up .venv and run the tests, but for the
+# SLURM test, which `make test-slurm` runs (it starts a one-node cluster; .ci/run runs both).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-slurm lint bench clean
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +20,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slurm"
+
+test-slurm: $(STAMP)
+	$(PY) -m pytest -q -m slurm
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

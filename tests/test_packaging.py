@@ -135,8 +135,16 @@ def test_makefile_scripts_exist():
     assert [s for s in scripts if not (ROOT / s).is_file()] == []
 
 
-def test_ci_calls_make_test():
+def test_ci_calls_make_test_and_then_the_slurm_step():
     script = ROOT / ".ci" / "run"
     lines = [line.split("#", 1)[0].strip() for line in script.read_text().splitlines()]
-    assert "make test" in lines
+    commands = [line.removeprefix("timed ") for line in lines if line.removeprefix("timed ").startswith("make ")]
+    assert commands == ["make test", "make test-slurm"]
     assert script.stat().st_mode & 0o111, ".ci/run must be executable"
+
+
+def test_make_test_leaves_out_only_the_slurm_test_which_make_test_slurm_runs():
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, flags=re.MULTILINE))
+    assert re.search(r'pytest -q -m "not slurm"$', recipes["test"], flags=re.MULTILINE)
+    assert re.search(r"pytest -q -m slurm$", recipes["test-slurm"], flags=re.MULTILINE)

@@ -32,6 +32,8 @@ CANCELLED = "digits_2c2f_gloro"  # the experiment whose training job is cancelle
 # its epochs: a few seconds of training, still far longer than the test takes to cancel it after the first
 # (the executor's status checks, which back off by 10 s each, not the training, set how long a job lasts here)
 CANCELLED_EPOCHS = 40
+# Long enough to mean a hang, not a slow machine: the whole test takes about 5 minutes on 2 cores.
+HANG_SECONDS = 1800
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -139,7 +141,7 @@ def slurm_cluster(tmp_path_factory) -> Iterator[Path]:
             state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
             return state.returncode == 0 and "idle" in state.stdout
 
-        wait_for(idle, 60, "the node to come up idle")
+        wait_for(idle, 300, "the node to come up idle")
         yield folder
     finally:
         for daemon in reversed(daemons):  # only what this fixture started, by process id
@@ -196,7 +198,7 @@ ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in ("train", "certify", "a
 
 def snakemake(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_SECONDS)
 
 
 MEASURED = ["experiment", "certifier", "clean_accuracy", "pgd_accuracy", "vra", "soundness_violations"]
@@ -227,12 +229,12 @@ def test_the_digits_experiments_run_through_slurm_as_they_run_here(slurm_cluster
     run = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         scratch = results / "runs" / CANCELLED / "scratch.pt"
-        wait_for(lambda: scratch.exists() or run.poll() is not None, 600, f"{CANCELLED}'s first epoch")
+        wait_for(lambda: scratch.exists() or run.poll() is not None, HANG_SECONDS, f"{CANCELLED}'s first epoch")
         job = slurm_job_of("train", CANCELLED)
         assert job is not None and run.poll() is None, "the training job was not found running under SLURM"
         subprocess.run(["scancel", job], check=True)  # as a preemption would
-        run.wait(timeout=900)
-        here.wait(timeout=900)
+        run.wait(timeout=HANG_SECONDS)
+        here.wait(timeout=HANG_SECONDS)
     finally:
         for process in (run, here):
             if process.poll() is None:

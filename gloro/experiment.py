@@ -191,14 +191,17 @@ def provenance(device: torch.device) -> dict:
 
 
 def cpu_name() -> str:
-    """The processor's model name and the threads torch uses, e.g. 'AMD EPYC 7B13, 2 threads'."""
+    """The processor's model name, the instruction set of PyTorch's kernels and the threads it uses, e.g.
+    'AMD EPYC 7B13, AVX512, 2 threads': float32 sums run in an order set by all three, so trained nets differ."""
     model = platform.processor()
     try:
         with open("/proc/cpuinfo") as stream:
             model = next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), model)
     except OSError:
         pass
-    return f"{model or 'unknown CPU'}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{model or 'unknown CPU'}, {capability}, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def optimizer_settings(name: str, spec: Mapping | None) -> dict:

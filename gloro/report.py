@@ -338,7 +338,7 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def measured_on(runs: pd.DataFrame, date: str) -> str:
-    """'2026-12-01 on AMD EPYC, 2 threads, torch 2.13.0+cpu': when and where a run's numbers were measured."""
+    """'2026-12-01 on AMD EPYC, AVX512, 2 threads, torch 2.13.0+cpu': when and where a run's numbers were measured."""
     devices = "; ".join(sorted(set(runs["device_name"])))
     return f"{date} on {devices}, torch {runs['torch_version'].iloc[0]}"
 

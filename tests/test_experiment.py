@@ -12,6 +12,7 @@ from gloro.experiment import (
     attack_experiment,
     bounds_experiment,
     certify_experiment,
+    cpu_name,
     read_certificates,
     train_experiment,
 )
@@ -126,3 +127,15 @@ def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_pat
     )
     assert everything["autoattack_proven_not_attacked"] == 0
     assert everything["autoattack_accuracy"] >= float(proven.double().mean())  # the certificates hold under it too
+
+
+def test_the_cpu_provenance_names_the_kernels_instruction_set_and_the_thread_count():
+    """Trained nets differ with either, so every run's provenance and Table 1's caption must say both."""
+    threads = torch.get_num_threads()
+    try:
+        for count, words in ((1, "1 thread"), (2, "2 threads")):
+            torch.set_num_threads(count)
+            name = cpu_name()
+            assert name.endswith(f", {torch.backends.cpu.get_cpu_capability()}, {words}"), name
+    finally:
+        torch.set_num_threads(threads)

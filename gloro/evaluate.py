@@ -8,6 +8,7 @@ Lipschitz constants, and certified points per second beside plain forward passes
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from gloro.certificate import Certificate
 from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.margin import certify_logits
 from gloro.precision import exact_arithmetic
+from gloro.timing import interleaved_rounds, median_ratio
 
 # The ℓ2 radii at which papers on certified robustness report VRA for images on the [0, 1] scale.
 STANDARD_RADII: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 255 / 255)
@@ -174,10 +176,12 @@ def certification_report(
     metrics: num_examples, epsilon, clean_accuracy, vra, rejection_rate (share predicted ⊥); vra_ignoring_rounding
     (what the VRA would be without the forward-error offsets O_ij, whose largest is rounding_offset_max); vra_at_radii
     (rows {radius, radius_label, vra}; `radii` defaults to STANDARD_RADII for images, none otherwise); the
-    Lipschitz constants of `lipschitz_summary`; and throughput on the same batches: forward_points_per_second
+    Lipschitz constants of `lipschitz_summary`; and throughput over the same batches: forward_points_per_second
     (the wrapped model's logits alone) and certify_points_per_second (logits plus the certificate, with the
-    sound K_ij computed once beforehand, its time in sound_constants_seconds), and certify_slowdown, their
-    ratio. One batch of each is run untimed first, so that one-off start-up costs do not enter the rates.
+    sound K_ij computed once beforehand, its time in sound_constants_seconds), from the median seconds of
+    passes over the whole split timed in interleaved rounds after an untimed one (`gloro.timing`: at least
+    0.2 s and 3 rounds a side, their number in timing_rounds), and certify_slowdown, the median of the
+    rounds' certify ÷ forward. forward_seconds and certify_seconds are one pass's median seconds.
     """
     epsilon = net.eval_epsilon if epsilon is None else check_epsilon(epsilon)
     if len(images) != len(labels) or len(labels) == 0:
@@ -197,25 +201,26 @@ def certification_report(
         margin_lipschitz, offsets = constants.margin_lipschitz, constants.offsets
         synchronize(device)
         constants_seconds = time.perf_counter() - start
-        warm = images[:batch_size].to(device)
-        net.model(warm)
-        certify_logits(net.predict_clean(warm), margin_lipschitz, epsilon, offsets=offsets)
-        forward_seconds = certify_seconds = 0.0
+        batches = [x.to(device) for x in images.split(batch_size)]
         parts, naive_certified = [], []  # the second without the rounding offsets, to show what they cost
         no_offsets = torch.zeros_like(offsets)
-        for x in images.split(batch_size):
-            x = x.to(device)
-            synchronize(device)
-            start = time.perf_counter()
-            net.model(x)
-            synchronize(device)
-            middle = time.perf_counter()
+        for x in batches:
             logits = net.predict_clean(x)
             parts.append(certify_logits(logits, margin_lipschitz, epsilon, offsets=offsets))
-            synchronize(device)
             naive_certified.append(certify_logits(logits, margin_lipschitz, epsilon, offsets=no_offsets).certified)
-            forward_seconds += middle - start
-            certify_seconds += time.perf_counter() - middle
+
+        def forward() -> None:
+            for x in batches:
+                net.model(x)
+            synchronize(device)
+
+        def certify() -> None:
+            for x in batches:
+                certify_logits(net.predict_clean(x), margin_lipschitz, epsilon, offsets=offsets)
+            synchronize(device)
+
+        seconds = interleaved_rounds({"forward": forward, "certify": certify})  # after the passes above: warm
+        forward_seconds, certify_seconds = (statistics.median(seconds[side]) for side in ("forward", "certify"))
         lipschitz = lipschitz_summary(net)
     finally:
         net.train(was_training)
@@ -239,9 +244,10 @@ def certification_report(
         **lipschitz,
         "forward_points_per_second": n / forward_seconds if forward_seconds > 0 else math.inf,
         "certify_points_per_second": n / certify_seconds if certify_seconds > 0 else math.inf,
-        "certify_slowdown": certify_seconds / forward_seconds if forward_seconds > 0 else math.inf,
+        "certify_slowdown": median_ratio(seconds["certify"], seconds["forward"]),
         "forward_seconds": forward_seconds,
         "certify_seconds": certify_seconds,
+        "timing_rounds": len(seconds["forward"]),
         "sound_constants_seconds": constants_seconds,
         "batch_size": batch_size,
         "device": str(device),

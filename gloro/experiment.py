@@ -369,7 +369,7 @@ def certify_experiment(
     report = certification_report(net, images, labels, epsilon, radii=radii, batch_size=batch_size)
     certificates = []
     for name in experiment.certifiers:  # the report above is the global certification: not run twice
-        certificate = report.certificate() if name == "global" else create_certifier(name)(net, images, epsilon)
+        certificate = report.certificate() if name == "global" else create_certifier(name).timed(net, images, epsilon)
         print(f"{name}: VRA {certificate.vra(labels):.4f} in {certificate.seconds:.2f} s", file=sys.stderr)
         certificates.append(certificate)
     rows = [certificate.to_row(labels) for certificate in certificates]

@@ -18,7 +18,7 @@ import gloro.data
 import gloro.experiment as experiment_module
 
 ROOT = Path(__file__).resolve().parents[1]
-# Long enough to mean a hang, not a slow machine: the longest run here takes about 2.5 minutes on 2 cores.
+# Long enough to mean a hang, not a slow machine: the longest run here takes about 1.5 minutes on 2 cores.
 HANG_SECONDS = 1800
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gloro import native
-from gloro.lipschitz import Conv2dBound, LinearBound
+from gloro.lipschitz import Conv2dBound, LinearBound, explicit_conv_matrix
 from gloro.margin import certify_logits
 
 needs_library = pytest.mark.skipif(native.library() is None, reason="no C compiler: the library is not built")
@@ -29,6 +29,36 @@ def both_paths(bound, weight: torch.Tensor, steps: int, monkeypatch) -> tuple[to
     return compiled, bound.iterate.clone()
 
 
+def iterate_tolerance(matrix: torch.Tensor, start: torch.Tensor, steps: int, terms: int) -> float:
+    """How far apart (ℓ2) two float32 computations of `steps` steps x ← AᵀAx/‖AᵀAx‖ from `start` can end, to
+    first order, in any summation order: a step's products, at most `terms` roundings deep, are off by at
+    most γ_terms·|A|ᵀ|A||x| (Higham, Thm 3.5), which turns the direction by at most twice that over ‖AᵀAx‖; an
+    error made at step k reaches step s scaled by at most 2σ₁^{2(s−k)}/‖(AᵀA)^{s−k}x_k‖; the last normalization
+    adds γ_{d+3}. Evaluated along the exact trajectory, in float64."""
+    u = torch.finfo(torch.float32).eps / 2
+    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
+    a = matrix.detach().double()
+    gram, magnitude = a.T @ a, a.abs()
+    top = float(torch.linalg.matrix_norm(a, 2)) ** 2
+    x = start.detach().double().flatten()
+    x = x / x.norm()
+    turns, growth = [], []  # each step's rounding, as a turn of the unit direction, and ‖AᵀAx_k‖
+    for _ in range(steps):
+        y = gram @ x
+        growth.append(float(y.norm()))
+        turns.append(2 * gamma(terms) * float((magnitude.T @ (magnitude @ x.abs())).norm()) / growth[-1])
+        x = y / growth[-1]
+    carried = [2 * top ** (steps - k) / math.prod(growth[k:]) if k < steps else 1.0 for k in range(1, steps + 1)]
+    return 2 * (sum(c * t for c, t in zip(carried, turns)) + gamma(len(x) + 3))
+
+
+def conv_terms(matrix: torch.Tensor, out_channels: int) -> int:
+    """The deepest sum in a step through a conv's matrix A, whichever way it is associated: a patch (a row of
+    A), the transposed product and fold (a column of A), and a Gram entry over the output channels."""
+    nonzero = matrix != 0
+    return int(nonzero.sum(1).max()) + int(nonzero.sum(0).max()) + out_channels
+
+
 conv_cases = conv_case_strategy(6, 40, 4, 12)  # out channels: vector blocks of 32, 16 and an edge
 
 
@@ -44,9 +74,12 @@ def test_compiled_conv_iterates_match_the_pytorch_loops(case, steps, seed, chann
     if channels_last:  # the layout gloro.train uses, for the weight and, through .to(), the iterate too
         layer.to(memory_format=torch.channels_last)
         bound.to(memory_format=torch.channels_last)
+    start = bound.iterate.clone()
     compiled, reference = both_paths(bound, layer.weight.detach(), steps, monkeypatch)
-    assert torch.allclose(compiled, reference, atol=2e-6)
-    assert float(compiled.norm()) == pytest.approx(1.0, rel=1e-6)
+    matrix = explicit_conv_matrix(layer.weight, (c_in, height, width), bound.stride, bound.padding)
+    tolerance = iterate_tolerance(matrix, start, steps, conv_terms(matrix, c_out))
+    assert float((compiled - reference).norm()) <= tolerance
+    assert abs(float(compiled.double().norm()) - 1) <= torch.finfo(torch.float32).eps * (compiled.numel() + 3)
 
 
 @needs_library
@@ -56,8 +89,9 @@ def test_compiled_linear_iterates_match_the_pytorch_loops(rows, cols, steps, mon
     torch.manual_seed(rows * cols + steps)
     layer = nn.Linear(cols, rows)
     bound = LinearBound(layer, torch.Generator().manual_seed(steps))
+    start = bound.iterate.clone()
     compiled, reference = both_paths(bound, layer.weight.detach(), steps, monkeypatch)
-    assert torch.allclose(compiled, reference, atol=2e-6)
+    assert float((compiled - reference).norm()) <= iterate_tolerance(layer.weight, start, steps, rows + cols)
 
 
 @needs_library
@@ -138,8 +172,23 @@ def test_compiled_conv_estimates_have_the_pytorch_value_and_gradient(case, seed,
         patch.setattr(native, "library", lambda: None)
         reference = bound.estimate(layer, 3)
     reference.backward()
-    assert float(compiled.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
-    assert torch.allclose(compiled_gradient, layer.weight.grad, atol=1e-5)
+    # Both sides take ‖Ax‖ and its gradient u xᵀ (u = Ax/‖Ax‖, summed over the output positions) at iterates
+    # at most `moved` apart: the value moves by σ₁ times that, u by 2σ₁/‖Ax‖ times it, and each is rounded
+    # (a patch-deep product, the norm over the m outputs, the gradient summed over the positions).
+    u = torch.finfo(torch.float32).eps / 2
+    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
+    matrix = explicit_conv_matrix(layer.weight, (c_in, height, width), bound.stride, bound.padding)
+    moved = iterate_tolerance(matrix, start, 3, conv_terms(matrix, c_out))
+    x = bound.iterate.detach().double().flatten()
+    top, image, rows = float(torch.linalg.matrix_norm(matrix, 2)), float((matrix @ x).norm()), len(matrix)
+    structure = explicit_conv_matrix(torch.ones_like(layer.weight), (c_in, height, width), bound.stride, bound.padding)
+    patch, reads = int(structure.sum(1).max()), int(structure.sum(0).max()) // c_out  # patches reading one input
+    rounding = gamma(patch) * float((matrix.abs() @ x.abs()).norm()) + gamma(rows + 2) * image
+    assert abs(float(compiled.detach()) - float(reference.detach())) <= top * moved + 2 * rounding
+    turned = 2 * top * moved / image + 2 * (2 * rounding / image + gamma(rows + 3))
+    positions = rows // c_out
+    allowed = math.sqrt(reads) * (turned + moved + 2 * gamma(positions))
+    assert float((compiled_gradient - layer.weight.grad).double().norm()) <= allowed
 
 
 def torch_certificate(logits, lipschitz, offsets, epsilon, monkeypatch):

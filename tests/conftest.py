@@ -1,11 +1,16 @@
 """Fixtures shared by several test files."""
 
 import pytest
+import torch
+import torch.nn.functional as F
 from hypothesis import strategies as st
+from torch import nn
 
 import gloro
 from gloro import native
 from gloro.data import load_digits
+from gloro.forward_error import abs_operator_norm
+from gloro.lipschitz import conv_padding
 
 EPSILON = 0.3
 
@@ -44,3 +49,19 @@ def conv_case_strategy(in_channels: int, out_channels: int, kernel: int, size: i
         st.integers(4, size),
         st.integers(4, size),
     ).filter(lambda c: c[2] <= c[5] + 2 * c[4] and c[2] <= c[6] + 2 * c[4])
+
+
+def float32_estimate_slack(layer: nn.Module, bound) -> float:
+    """How far above ‖A‖₂ a float32 estimate ‖Ax‖ at a unit x can round, relative: γ_{n+1}·‖|A|‖₂/‖A‖₂ for a
+    Linear or Conv2d of fan-in n (Higham, Thm 3.5, and ‖|A||x|‖ ≤ ‖|A|‖₂), with ‖|A|‖₂ bounded from above
+    (`abs_operator_norm`) and ‖A‖₂ from below by ‖Ax‖/‖x‖ at the bound's iterate x, both in float64."""
+    if not isinstance(layer, nn.Linear | nn.Conv2d):
+        return 0.0
+    weight, x = layer.weight.detach().double(), bound.iterate.detach().double()
+    if isinstance(layer, nn.Linear):
+        image = F.linear(x.reshape(1, -1), weight)
+    else:
+        image = F.conv2d(x.reshape(1, *x.shape[-3:]), weight, None, layer.stride, conv_padding(layer))
+    n = weight[0].numel() + 1
+    u = torch.finfo(torch.float32).eps / 2
+    return n * u / (1 - n * u) * abs_operator_norm(layer, 0.0) / float(image.norm() / x.norm())

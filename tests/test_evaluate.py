@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import float32_estimate_slack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,8 +70,9 @@ def test_lipschitz_constants_and_throughput(trained):
     assert metrics["lipschitz_sound"] == pytest.approx(float(net.sub_lipschitz(sound=True)), rel=1e-12)
     estimate = math.prod(row["estimate"] for row in net.bound_report())
     assert metrics["lipschitz_power_iteration"] == pytest.approx(estimate)
-    # power iteration approaches the norm from below; the sound bound never lies under it
-    assert metrics["lipschitz_ratio"] >= 1 - 1e-5
+    # power iteration approaches the norm from below, up to float32's rounding; the sound bound never lies under it
+    slack = math.prod(1 + float32_estimate_slack(layer, bound) for layer, bound in zip(net.layers, net.bounds))
+    assert metrics["lipschitz_ratio"] >= 1 / slack
     assert metrics["lipschitz_ratio"] == pytest.approx(metrics["lipschitz_sound"] / estimate)
     assert len(metrics["layer_bounds"]) == len(net.layers) - 1
     for key in ("forward_points_per_second", "certify_points_per_second", "certify_slowdown"):

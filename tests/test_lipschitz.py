@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import conv_case_strategy
+from conftest import conv_case_strategy, float32_estimate_slack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -80,7 +80,7 @@ def test_circulant_bound_is_sound_and_tight_on_paper_layers(c_in, c_out, kernel,
     bound = Conv2dBound(layer, (c_in, size, size), torch.Generator().manual_seed(0))
     estimate = converged(bound, layer, 1000, tol=1e-6)
     circulant = float(conv2d_circulant_bound(layer.weight, (size, size), (stride, stride), (1, 1)))
-    assert estimate <= circulant * (1 + 1e-5)
+    assert estimate <= circulant * (1 + float32_estimate_slack(layer, bound))
     assert circulant <= 1.25 * estimate  # sound, yet close enough to certify with
 
 
@@ -120,7 +120,9 @@ def test_unit_layers_are_one_lipschitz(layer):
     assert float(bound.sound(layer)) == 1.0
     x1, x2 = torch.randn(256, 4, 3, 3), torch.randn(256, 4, 3, 3)
     ratio = (layer(x1) - layer(x2)).flatten(1).norm(dim=1) / (x1 - x2).flatten(1).norm(dim=1)
-    assert float(ratio.max()) <= 1 + 1e-6
+    # float32 rounds each difference, each 36-term norm and the division: 1 + 2γ₃₉ at most
+    u = torch.finfo(torch.float32).eps / 2
+    assert float(ratio.max()) <= 1 + 2 * 39 * u / (1 - 39 * u)
 
 
 def test_minmax_sorts_adjacent_channel_pairs():

@@ -11,8 +11,15 @@ from gloro import native
 from gloro.data import load_digits
 from gloro.forward_error import abs_operator_norm
 from gloro.lipschitz import conv_padding
+from gloro.outward import gamma, unit_roundoff
 
 EPSILON = 0.3
+U32 = unit_roundoff(torch.float32)  # float32's unit roundoff, 2⁻²⁴
+
+
+def gamma32(n: int) -> float:
+    """γ_n in float32 (Higham): the relative error bound of an n-term sum or inner product, any order."""
+    return gamma(n, U32)
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +69,4 @@ def float32_estimate_slack(layer: nn.Module, bound) -> float:
         image = F.linear(x.reshape(1, -1), weight)
     else:
         image = F.conv2d(x.reshape(1, *x.shape[-3:]), weight, None, layer.stride, conv_padding(layer))
-    n = weight[0].numel() + 1
-    u = torch.finfo(torch.float32).eps / 2
-    return n * u / (1 - n * u) * abs_operator_norm(layer, 0.0) / float(image.norm() / x.norm())
+    return gamma32(weight[0].numel() + 1) * abs_operator_norm(layer, 0.0) / float(image.norm() / x.norm())

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import U32, float32_estimate_slack, gamma32
 from torch import nn
 
 import gloro
@@ -50,11 +51,10 @@ def test_head_distances_training_form_matches_exact_differences(rows):
     fast, exact = head_distances(weight).double(), head_distances(weight, exact=True)
     # The Gram form ‖a‖² + ‖b‖² − 2a·b in float32 is off by at most γ₆₃·(‖a‖² + ‖b‖² + 2|a|·|b|), which moves
     # the distance by that over itself; the square root rounds once more.
-    u = torch.finfo(torch.float32).eps / 2
     w = weight.double()
     squares = w.square().sum(1)
     magnitude = squares[:, None] + squares[None, :] + 2 * w.abs() @ w.abs().T
-    allowed = 63 * u / (1 - 63 * u) * magnitude / exact.clamp_min(1e-300) + 2 * u * exact
+    allowed = gamma32(63) * magnitude / exact.clamp_min(1e-300) + 2 * U32 * exact
     assert bool(((fast - exact).abs() <= allowed)[off_diagonal].all())
     assert torch.all(exact.diagonal() == 0)
     brute = torch.stack([torch.stack([(a.double() - b.double()).norm() for b in weight]) for a in weight])
@@ -117,16 +117,9 @@ def test_power_iteration_converges_to_the_sound_value_on_a_dense_net():
     net.converge(tol=1e-9)
     estimate = float(net.sub_lipschitz(sound=False).detach())
     assert estimate == pytest.approx(float(net.sub_lipschitz(sound=True)), rel=1e-3)
-    # a float32 estimate ‖Wx‖ may exceed ‖W‖₂ by its rounding, at most γ_{n+1}·‖|W|‖₂ over n-term rows
-    u = torch.finfo(torch.float32).eps / 2
-    for row, layer in zip(net.bound_report(), net.layers):
-        if isinstance(layer, nn.Linear):
-            w = layer.weight.detach().double()
-            n = w.shape[1] + 1
-            slack = n * u / (1 - n * u) * float(torch.linalg.matrix_norm(w.abs(), 2) / torch.linalg.matrix_norm(w, 2))
-            assert row["ratio"] >= 1 / (1 + slack)
-        else:
-            assert row["ratio"] == 1.0  # activations: both 1
+    # a float32 estimate ‖Wx‖ may exceed ‖W‖₂ by its rounding (activations: both are 1)
+    for row, layer, bound in zip(net.bound_report(), net.layers, net.bounds):
+        assert row["ratio"] >= 1 / (1 + float32_estimate_slack(layer, bound))
 
 
 def test_training_forwards_advance_iterates_and_eval_forwards_do_not():

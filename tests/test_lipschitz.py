@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import conv_case_strategy, float32_estimate_slack
+from conftest import conv_case_strategy, float32_estimate_slack, gamma32
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -121,8 +121,7 @@ def test_unit_layers_are_one_lipschitz(layer):
     x1, x2 = torch.randn(256, 4, 3, 3), torch.randn(256, 4, 3, 3)
     ratio = (layer(x1) - layer(x2)).flatten(1).norm(dim=1) / (x1 - x2).flatten(1).norm(dim=1)
     # float32 rounds each difference, each 36-term norm and the division: 1 + 2γ₃₉ at most
-    u = torch.finfo(torch.float32).eps / 2
-    assert float(ratio.max()) <= 1 + 2 * 39 * u / (1 - 39 * u)
+    assert float(ratio.max()) <= 1 + 2 * gamma32(39)
 
 
 def test_minmax_sorts_adjacent_channel_pairs():
@@ -176,7 +175,7 @@ def test_estimate_is_differentiable_in_the_weights():
     # 500 steps leave (σ₂/σ₁)^1000 of the start; float32 steps (10 roundings deep) perturb WᵀW by at most
     # γ₁₀·‖|W|‖², which turns its top eigenvector by at most that over the gap σ₁² − σ₂² (Davis–Kahan); u vᵀ
     # moves by at most the distances of u and of v, each at most twice that angle
-    vector_error = float((sigma[1] / sigma[0]) ** 1000) + 10 * torch.finfo(torch.float32).eps / 2 * float(
+    vector_error = float((sigma[1] / sigma[0]) ** 1000) + gamma32(10) * float(
         torch.linalg.matrix_norm(layer.weight.detach().double().abs(), 2) ** 2 / (sigma[0] ** 2 - sigma[1] ** 2)
     )
     difference = (layer.weight.grad.double().abs() - expected.abs()).norm()

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import conv_case_strategy
+from conftest import conv_case_strategy, gamma32
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -35,8 +35,6 @@ def iterate_tolerance(matrix: torch.Tensor, start: torch.Tensor, steps: int, ter
     most γ_terms·|A|ᵀ|A||x| (Higham, Thm 3.5), which turns the direction by at most twice that over ‖AᵀAx‖; an
     error made at step k reaches step s scaled by at most 2σ₁^{2(s−k)}/‖(AᵀA)^{s−k}x_k‖; the last normalization
     adds γ_{d+3}. Evaluated along the exact trajectory, in float64."""
-    u = torch.finfo(torch.float32).eps / 2
-    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
     a = matrix.detach().double()
     gram, magnitude = a.T @ a, a.abs()
     top = float(torch.linalg.matrix_norm(a, 2)) ** 2
@@ -46,10 +44,10 @@ def iterate_tolerance(matrix: torch.Tensor, start: torch.Tensor, steps: int, ter
     for _ in range(steps):
         y = gram @ x
         growth.append(float(y.norm()))
-        turns.append(2 * gamma(terms) * float((magnitude.T @ (magnitude @ x.abs())).norm()) / growth[-1])
+        turns.append(2 * gamma32(terms) * float((magnitude.T @ (magnitude @ x.abs())).norm()) / growth[-1])
         x = y / growth[-1]
     carried = [2 * top ** (steps - k) / math.prod(growth[k:]) if k < steps else 1.0 for k in range(1, steps + 1)]
-    return 2 * (sum(c * t for c, t in zip(carried, turns)) + gamma(len(x) + 3))
+    return 2 * (sum(c * t for c, t in zip(carried, turns)) + gamma32(len(x) + 3))
 
 
 def conv_terms(matrix: torch.Tensor, out_channels: int) -> int:
@@ -175,19 +173,17 @@ def test_compiled_conv_estimates_have_the_pytorch_value_and_gradient(case, seed,
     # Both sides take ‖Ax‖ and its gradient u xᵀ (u = Ax/‖Ax‖, summed over the output positions) at iterates
     # at most `moved` apart: the value moves by σ₁ times that, u by 2σ₁/‖Ax‖ times it, and each is rounded
     # (a patch-deep product, the norm over the m outputs, the gradient summed over the positions).
-    u = torch.finfo(torch.float32).eps / 2
-    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
     matrix = explicit_conv_matrix(layer.weight, (c_in, height, width), bound.stride, bound.padding)
     moved = iterate_tolerance(matrix, start, 3, conv_terms(matrix, c_out))
     x = bound.iterate.detach().double().flatten()
     top, image, rows = float(torch.linalg.matrix_norm(matrix, 2)), float((matrix @ x).norm()), len(matrix)
     structure = explicit_conv_matrix(torch.ones_like(layer.weight), (c_in, height, width), bound.stride, bound.padding)
     patch, reads = int(structure.sum(1).max()), int(structure.sum(0).max()) // c_out  # patches reading one input
-    rounding = gamma(patch) * float((matrix.abs() @ x.abs()).norm()) + gamma(rows + 2) * image
+    rounding = gamma32(patch) * float((matrix.abs() @ x.abs()).norm()) + gamma32(rows + 2) * image
     assert abs(float(compiled.detach()) - float(reference.detach())) <= top * moved + 2 * rounding
-    turned = 2 * top * moved / image + 2 * (2 * rounding / image + gamma(rows + 3))
+    turned = 2 * top * moved / image + 2 * (2 * rounding / image + gamma32(rows + 3))
     positions = rows // c_out
-    allowed = math.sqrt(reads) * (turned + moved + 2 * gamma(positions))
+    allowed = math.sqrt(reads) * (turned + moved + 2 * gamma32(positions))
     assert float((compiled_gradient - layer.weight.grad).double().norm()) <= allowed
 
 

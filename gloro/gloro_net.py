@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -12,10 +13,10 @@ import torch
 from torch import nn
 
 from gloro.certificate import Certificate
-from gloro.forward_error import ForwardError, forward_error
+from gloro.forward_error import ForwardError, RoundingModel, box_error
 from gloro.inference import forward_in_place
 from gloro.lipschitz import ConstantBound, bound_for
-from gloro.margin import MarginCertifier, head_distances, sound_margin_lipschitz, with_bottom
+from gloro.margin import MarginCertifier, head_distances, radius_with_rows, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
 from gloro.precision import exact_arithmetic
 from gloro.snapshot import WeightSnapshot
@@ -54,20 +55,81 @@ def layer_input_shapes(layers: Sequence[nn.Module], input_shape: Sequence[int]) 
 
 @dataclass(frozen=True, eq=False)
 class SoundConstants:
-    """What a certificate rests on: K (a float64 number), K_ij and the rounding offsets O_ij (m×m float64)."""
+    """What a certificate rests on: K (a float64 number), K_ij, the box-wide rounding offsets O_ij (m×m
+    float64) and the model of the net's rounding that gives each point's own (`refine`)."""
 
     sub_lipschitz: float
     margin_lipschitz: torch.Tensor
     offsets: torch.Tensor
     forward_error: ForwardError
+    rounding: RoundingModel
 
     @functools.cached_property
     def certifier(self) -> MarginCertifier:
         """`certify_logits` with these K_ij and O_ij, prepared on first use."""
         return MarginCertifier(self.margin_lipschitz, self.offsets)
 
-    def __getstate__(self) -> dict:  # the prepared certifier is rebuilt where it is unpickled
-        return {key: value for key, value in self.__dict__.items() if key != "certifier"}
+    @functools.cached_property
+    def unrounded(self) -> MarginCertifier:
+        """`certify_logits` with these K_ij and no offsets: the radius that ignores rounding, an upper bound."""
+        return MarginCertifier(self.margin_lipschitz, torch.zeros_like(self.offsets))
+
+    def certify(self, x: torch.Tensor, logits: torch.Tensor, epsilon: float) -> Certificate:
+        """The global certificate of the computed `logits` at the points `x`: box-wide offsets first, then each
+        point's own where they decide the outcome at ε (`refine`)."""
+        return self.refine(x, logits, self.certifier(logits, epsilon), (epsilon,))
+
+    def refine(
+        self, x: torch.Tensor, logits: torch.Tensor, certificate: Certificate, thresholds: Sequence[float]
+    ) -> Certificate:
+        """`certificate` (from the box-wide offsets) with a larger radius, where one can be proven, for every
+        point whose box-wide radius is below some threshold that its radius ignoring rounding, r₀, reaches.
+
+        Such a point's offsets come from its own ball (`proven_radius`), of the radius of each threshold in
+        turn; its radius becomes the largest threshold so proven (its box-wide radius where none is), a lower
+        bound on what the point's own allowance would give, at one bound per threshold. Certified ⇔ ≥ ε.
+        """
+        box = certificate.radius.cpu()
+        levels = torch.tensor(sorted(float(t) for t in thresholds), dtype=torch.float64)
+        candidates = (box[:, None] < levels).any(1).nonzero().flatten()
+        if len(candidates) == 0:
+            return certificate
+        chosen = logits[candidates.to(logits.device)]
+        reach = self.unrounded(chosen, 0.0).radius.cpu()
+        decided = ((box[candidates][:, None] < levels) & (reach[:, None] >= levels)).any(1)
+        if not decided.any():
+            return certificate
+        band, reach = candidates[decided], reach[decided]
+        points, chosen = x[band.to(x.device)].cpu(), chosen[decided.to(chosen.device)].cpu()
+        own, failed = box[band], torch.zeros(len(band), dtype=torch.bool)
+        for level in levels.tolist():  # a point refused at one level is refused at every larger one
+            still = (own < level) & (reach >= level) & ~failed
+            if still.any():
+                ball = torch.full((int(still.sum()),), level, dtype=torch.float64)
+                proven = self.proven_radius(points[still], chosen[still], ball)
+                own[still] = torch.maximum(own[still], proven)
+                failed[still] = proven < level
+        radius = box.clone()
+        radius[band] = own
+        radius = radius.to(certificate.radius.device)
+        return dataclasses.replace(certificate, radius=radius, certified=radius >= certificate.epsilon)
+
+    def proven_radius(self, x: torch.Tensor, logits: torch.Tensor, ball: torch.Tensor) -> torch.Tensor:
+        """A certified radius (at most `ball`) for each point from its own offsets over B(x, ball) ∩ box: twice
+        the ball's rounding bound b (`RoundingModel.ball_pairs`; x lies in the ball), then, where that falls
+        short of `ball`, the rounding measured at x plus b (`RoundingModel.measured_pairs`). Sound for any
+        radius up to `ball`: a smaller ball's rounding is covered by the larger one's."""
+        k = self.margin_lipschitz.cpu()
+        bound = self.rounding.ball_pairs(x, ball, logits.argmax(1))
+        radius = radius_with_rows(logits, k, 2 * bound)
+        short = radius < ball
+        if short.any():
+            rows = self.rounding.measured_pairs(x[short], logits[short]) + bound[short]
+            radius[short] = torch.maximum(radius[short], radius_with_rows(logits[short], k, rows))
+        return torch.minimum(radius, ball)
+
+    def __getstate__(self) -> dict:  # the prepared certifiers are rebuilt where they are unpickled
+        return {key: value for key, value in self.__dict__.items() if key not in ("certifier", "unrounded")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -225,17 +287,10 @@ class GloroNet(nn.Module):
         with torch.no_grad(), exact_arithmetic():
             norms = [float(value) for value in self.layer_bounds(sound=True, fast=fast)]
             sub = product_up(norms)
-            error = forward_error(
-                self.layers,
-                layer_input_shapes(self.layers, self.input_shape),
-                norms,
-                self.input_range,
-                self.head.weight.dtype,
-            )
-            distances = head_distances(self.head.weight, exact=True)
-        return SoundConstants(
-            sub, sound_margin_lipschitz(sub, self.head.weight), error.margin_offsets(distances), error
-        )
+            rounding = RoundingModel(self.layers, self.input_shape, norms, self.input_range, self.head.weight.dtype)
+            error = box_error(rounding)
+        margin_lipschitz = sound_margin_lipschitz(sub, self.head.weight)
+        return SoundConstants(sub, margin_lipschitz, error.margin_offsets(rounding.distances), error, rounding)
 
     def lipschitz_constant(self, sound: bool = True) -> torch.Tensor:
         """The m×m matrix K_ij = K·‖w_i − w_j‖₂ (sound: float64, rounded up; else the training estimate)."""
@@ -277,7 +332,7 @@ class GloroNet(nn.Module):
         with torch.no_grad(), exact_arithmetic(self.head.weight.device.type):
             logits = self.predict_clean(x)
             # after the forward pass, which leaves the weights in cache for the check of frozen ones
-            return self.sound_constants().certifier(logits, radius)
+            return self.sound_constants().certify(x, logits, radius)
 
     @torch.no_grad()
     def converge(self, tol: float = 1e-4, max_iterations: int = 10_000, check_every: int = 10) -> torch.Tensor:

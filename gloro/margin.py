@@ -75,17 +75,24 @@ def reference_certificate(
     """`certify_logits` in PyTorch operations, on any device and dtype."""
     if logits.dim() != 2 or logits.shape[1] == 0:
         raise ValueError(f"certify_logits needs (N, classes) logits with at least one class, got {tuple(logits.shape)}")
+    top = logits.detach().argmax(dim=1)
+    radius = radius_with_rows(logits, margin_lipschitz, offsets.double()[top])
+    return Certificate(top, radius >= epsilon, radius, float(epsilon), "global")
+
+
+def radius_with_rows(logits: torch.Tensor, margin_lipschitz: torch.Tensor, offset_rows: torch.Tensor) -> torch.Tensor:
+    """min_{i≠j} (y_j − y_i − O_i)/K_ji rounded down, j = argmax y, with one row of offsets O per point (N, m);
+    −inf for a row with a non-finite logit."""
     y = logits.detach().double()
     top = logits.detach().argmax(dim=1)
     top_value = y.gather(1, top[:, None])
     gap = top_value - y
-    low = gap - offsets.double()[top]
+    low = gap - offset_rows.to(y.device)
     low = low - SLACK * (gap.abs() + low.abs())
-    ratio = low / margin_lipschitz.double()[top]
+    ratio = low / margin_lipschitz.double().to(y.device)[top]
     ratio = torch.where(ratio.isfinite(), ratio - ratio.abs() * EPS64 - TRUE_MIN64, ratio)  # an ulp below
     radius = ratio.scatter_(1, top[:, None], math.inf).min(dim=1).values
-    radius = torch.where(torch.isfinite(y).all(dim=1), radius, -math.inf)
-    return Certificate(top, radius >= epsilon, radius, float(epsilon), "global")
+    return torch.where(torch.isfinite(y).all(dim=1), radius, -math.inf)
 
 
 class MarginCertifier:

@@ -17,6 +17,8 @@ import torch
 from gloro.eigen import largest_eigenvalues
 
 U64 = 2.0**-53  # float64 unit roundoff
+U32 = 2.0**-24  # float32 unit roundoff
+TINY32 = 2.0**-126  # smallest normal float32
 TINY64 = 2.0**-1022  # smallest normal float64: with flush-to-zero, the absolute error of one operation
 CHOLESKY_ATTEMPTS = 6
 
@@ -49,6 +51,17 @@ def product_up(values) -> float:
 def norm_up(x: torch.Tensor) -> float:
     """An upper bound on ‖x‖₂ (x exactly known, real or complex), computed in float64."""
     return largest_norm_up(x.reshape(1, -1))
+
+
+def row_norms_up(x: torch.Tensor) -> torch.Tensor:
+    """Upper bounds on ‖x_b‖₂ for each row of a (B, ...) float64 tensor held exactly, in one batched pass:
+    squares summed in any order (γ_{n+1}, and two more roundings here), flushed squares counted as TINY64
+    each, the root rounded up."""
+    rows = x.detach().to(torch.float64).flatten(1)
+    length = rows.shape[1]
+    squares = (rows * rows).sum(dim=1)
+    bounded = squares * (1 + gamma(length + 3, U64)) + length * TINY64  # + this line's two roundings
+    return torch.sqrt(bounded) * (1 + 4 * U64)
 
 
 def real_entries(stack: torch.Tensor) -> torch.Tensor:

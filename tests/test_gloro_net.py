@@ -175,12 +175,17 @@ def test_vra_never_exceeds_clean_accuracy():
         assert report["vra"] <= report["clean_accuracy"]
 
 
-def test_the_bottom_logit_wins_exactly_when_a_point_is_not_certified():
+def test_the_bottom_logit_wins_exactly_when_the_box_wide_allowance_does_not_certify():
+    """forward's y_⊥ takes the box-wide offsets O_ij in one pass; `certify` starts from the same decision and
+    only adds points, where each point's own allowance is smaller."""
     net = small_conv_net(6).freeze()  # forward then uses the same sound constants as certify
     x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     epsilon = float(net.certify(x, epsilon=0.0).radius.median())  # about half of the points certified
     net.epsilon = epsilon
-    certificate = net.certify(x, epsilon=epsilon)
+    with torch.no_grad():
+        certificate = net.sound_constants().certifier(net.predict_clean(x), epsilon)
+    refined = net.certify(x, epsilon=epsilon)
+    assert (refined.radius >= certificate.radius).all() and (refined.certified >= certificate.certified).all()
     rejected = net(x).argmax(1) == 10
     # The float32 y_⊥ rounds ε·K_ij + O_ij and its sum with y_i, each by at most an ulp of the result: the two
     # decisions may differ only where y_j − y_i − O_ij lies within those ulps of ε·K_ij.

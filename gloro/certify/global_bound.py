@@ -5,15 +5,15 @@ from __future__ import annotations
 from gloro.certify.base import Certifier
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet, SoundConstants
-from gloro.margin import certify_logits
 
 
 @register_certifier
 class GlobalCertifier(Certifier):
     """radius = min_{i≠j} (y_j − y_i − O_ij)/K_ij with the sound K_ij and rounding offsets O_ij (the frozen
     ones after `freeze()`; `fast_bounds` takes convs' circulant bounds for an unfrozen net, still sound and a
-    little looser, as training's per-epoch evaluation does); one
-    forward pass per batch, so it costs what inference costs."""
+    little looser, as training's per-epoch evaluation does); the box-wide O_ij first, each point's own where
+    they decide the outcome (`SoundConstants.refine`). One forward pass per batch and a few float64 passes
+    over the points in that band, so it costs what inference costs."""
 
     name = "global"
 
@@ -29,5 +29,5 @@ class GlobalCertifier(Certifier):
         return net.sound_constants(fast=self.fast_bounds)
 
     def certify_batch(self, net, x, epsilon, state):
-        certificate = certify_logits(net.predict_clean(x), state.margin_lipschitz, epsilon, offsets=state.offsets)
+        certificate = state.certify(x, net.predict_clean(x), epsilon)
         return certificate.predictions, certificate.certified, certificate.radius

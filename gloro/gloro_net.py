@@ -16,7 +16,7 @@ from gloro.certificate import Certificate
 from gloro.forward_error import ForwardError, RoundingModel, box_error
 from gloro.inference import forward_in_place
 from gloro.lipschitz import ConstantBound, bound_for
-from gloro.margin import MarginCertifier, head_distances, radius_with_rows, sound_margin_lipschitz, with_bottom
+from gloro.margin import MarginCertifier, head_distances, radius_from_rows, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
 from gloro.precision import exact_arithmetic
 from gloro.snapshot import WeightSnapshot
@@ -114,19 +114,41 @@ class SoundConstants:
         radius = radius.to(certificate.radius.device)
         return dataclasses.replace(certificate, radius=radius, certified=radius >= certificate.epsilon)
 
-    def proven_radius(self, x: torch.Tensor, logits: torch.Tensor, ball: torch.Tensor) -> torch.Tensor:
+    def proven_radius(
+        self, x: torch.Tensor, logits: torch.Tensor, ball: torch.Tensor, lipschitz_rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """A certified radius (at most `ball`) for each point from its own offsets over B(x, ball) ∩ box: twice
         the ball's rounding bound b (`RoundingModel.ball_pairs`; x lies in the ball), then, where that falls
-        short of `ball`, the rounding measured at x plus b (`RoundingModel.measured_pairs`). Sound for any
-        radius up to `ball`: a smaller ball's rounding is covered by the larger one's."""
-        k = self.margin_lipschitz.cpu()
-        bound = self.rounding.ball_pairs(x, ball, logits.argmax(1))
-        radius = radius_with_rows(logits, k, 2 * bound)
+        short of `ball`, the rounding measured at x plus b (`RoundingModel.measured_pairs`). The constants are
+        the global K_ji, or each point's own row (a local bound valid on the same ball)."""
+        top = logits.argmax(1)
+        k = self.margin_lipschitz.cpu()[top] if lipschitz_rows is None else lipschitz_rows.cpu()
+        bound = self.rounding.ball_pairs(x, ball, top)
+        radius = radius_from_rows(logits, k, 2 * bound)
         short = radius < ball
         if short.any():
             rows = self.rounding.measured_pairs(x[short], logits[short]) + bound[short]
-            radius[short] = torch.maximum(radius[short], radius_with_rows(logits[short], k, rows))
+            radius[short] = torch.maximum(radius[short], radius_from_rows(logits[short], k[short], rows))
         return torch.minimum(radius, ball)
+
+    def certified_over_ball(
+        self, x: torch.Tensor, logits: torch.Tensor, lower_margins: torch.Tensor, epsilon: float
+    ) -> torch.Tensor:
+        """Certified ⇔ the computed logits at x are finite and every lower bound on the exact margin
+        y_j − y_i over B(x, ε) (j = argmax of `logits`; a bound of the certifier's own, such as KW's, BCP's or
+        CROWN's) exceeds what rounding can take from the computed margin anywhere on the ball: the box-wide
+        O_ij / 2 first, then, where that decides, the ball's own bound b_i (`RoundingModel.ball_pairs`)."""
+        device = lower_margins.device
+        logits, top = logits.cpu(), logits.argmax(1).cpu()
+        lower = lower_margins.double().cpu().scatter(1, top[:, None], math.inf)
+        finite = torch.isfinite(logits).all(1)
+        certified = finite & (lower > self.offsets.cpu()[top] / 2).all(1)
+        band = (finite & ~certified & (lower > 0).all(1)).nonzero().flatten()
+        if len(band):
+            ball = torch.full((len(band),), float(epsilon), dtype=torch.float64)
+            bound = self.rounding.ball_pairs(x[band.to(x.device)].cpu(), ball, top[band])
+            certified[band] = (lower[band] > bound).all(1)
+        return certified.to(device)
 
     def __getstate__(self) -> dict:  # the prepared certifiers are rebuilt where they are unpickled
         return {key: value for key, value in self.__dict__.items() if key not in ("certifier", "unrounded")}

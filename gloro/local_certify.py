@@ -42,6 +42,7 @@ from gloro.eigen import gram_lower, largest_eigenvalues
 from gloro.gloro_net import GloroNet, check_epsilon, layer_input_shapes
 from gloro.layers import MinMax
 from gloro.lipschitz import UnsupportedLayerError, conv_padding
+from gloro.margin import radius_from_rows
 from gloro.precision import exact_arithmetic
 
 # A ReLU counts as off on the ball only when its pre-activation upper bound is below −OFF_TOLERANCE: a margin far
@@ -198,6 +199,7 @@ class LocalPlan:
             constants = net.sound_constants(fresh=True)  # computed afresh from the weights, never a frozen copy
             self.global_margin_lipschitz = constants.margin_lipschitz
             self.offsets = constants.offsets
+            self.constants = constants
         self.operators: dict[int, AffineOperator] = {}
         self.relu_units = 0
         for index, layer in enumerate(self.body):
@@ -291,12 +293,17 @@ def certify_local(
     logits = net.predict_clean(x.to(net.head.weight.device)).detach()
     top = logits.argmax(dim=1)
     logits = logits.double()
-    gaps = logits.gather(1, top[:, None]) - logits - plan.offsets.to(logits.device)[top]
-    gaps = torch.where(torch.isfinite(logits).all(1, keepdim=True), gaps, -math.inf)
     local = bounds.margin_lipschitz[torch.arange(len(top), device=top.device), top]
     # a zero K^local_ij (the margin is constant on the ball) with a non-negative gap certifies: r = ∞
-    ratios = torch.where(local > 0, gaps / local, torch.where(gaps >= 0, math.inf, -math.inf))
-    ratios = ratios.scatter(1, top[:, None], math.inf).min(dim=1).values
+    ratios = radius_from_rows(logits, local, plan.offsets.to(logits.device)[top])
+    # where the box-wide offsets decide, each point's own over B(x, ε) (`SoundConstants.proven_radius`)
+    band = ((ratios < epsilon) & (radius_from_rows(logits, local, torch.zeros_like(local)) >= epsilon)).cpu()
+    if band.any():
+        rows = band.nonzero().flatten()
+        ball = torch.full((len(rows),), float(epsilon), dtype=torch.float64)
+        chosen = rows.to(logits.device)
+        own = plan.constants.proven_radius(x[rows.to(x.device)].cpu(), logits[chosen].cpu(), ball, local[chosen])
+        ratios[chosen] = torch.maximum(ratios[chosen], own.to(ratios.device))
     return LocalCertificate(top, ratios >= epsilon, ratios.clamp_max(epsilon), epsilon, "local", bounds=bounds)
 
 
@@ -431,9 +438,8 @@ def certify_crown(
     specification_bias = head_bias[predictions][:, None] - head_bias[None, :]
     margins = back_substitute(specification, steps[:-1], bounds, center, epsilon, upper=False) + specification_bias
     margins = margins.scatter(1, predictions[:, None], math.inf)
-    # the float net's margin at any point of the ball is within O_ij / 2 of the exact one
-    half_offsets = plan.offsets.to(margins.device)[predictions] / 2
-    certified = (margins - half_offsets > 0).all(1) & torch.isfinite(clean).all(1)
+    # the float net's margin at any point of the ball is within O_ij / 2 of the exact one, or the ball's own bound
+    certified = plan.constants.certified_over_ball(x, clean, margins, epsilon)
     return CrownCertificate(
         predictions, certified, None, epsilon, "crown", margin_lower_bounds=margins, pre_activation=tuple(bounds)
     )

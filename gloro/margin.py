@@ -83,13 +83,21 @@ def reference_certificate(
 def radius_with_rows(logits: torch.Tensor, margin_lipschitz: torch.Tensor, offset_rows: torch.Tensor) -> torch.Tensor:
     """min_{i≠j} (y_j − y_i − O_i)/K_ji rounded down, j = argmax y, with one row of offsets O per point (N, m);
     −inf for a row with a non-finite logit."""
+    top = logits.detach().argmax(dim=1)
+    return radius_from_rows(logits, margin_lipschitz.double().to(logits.device)[top], offset_rows)
+
+
+def radius_from_rows(logits: torch.Tensor, lipschitz_rows: torch.Tensor, offset_rows: torch.Tensor) -> torch.Tensor:
+    """`radius_with_rows` with each point's own row of constants K_ji (N, m), as a local bound gives; a zero
+    constant with a non-negative margin left gives an infinite ratio."""
     y = logits.detach().double()
     top = logits.detach().argmax(dim=1)
     top_value = y.gather(1, top[:, None])
     gap = top_value - y
     low = gap - offset_rows.to(y.device)
     low = low - SLACK * (gap.abs() + low.abs())
-    ratio = low / margin_lipschitz.double().to(y.device)[top]
+    k = lipschitz_rows.double().to(y.device)
+    ratio = torch.where(k > 0, low / k, torch.where(low >= 0, math.inf, -math.inf))
     ratio = torch.where(ratio.isfinite(), ratio - ratio.abs() * EPS64 - TRUE_MIN64, ratio)  # an ulp below
     radius = ratio.scatter_(1, top[:, None], math.inf).min(dim=1).values
     return torch.where(torch.isfinite(y).all(dim=1), radius, -math.inf)

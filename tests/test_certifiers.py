@@ -147,8 +147,9 @@ def test_kw_certifies_only_what_the_library_bounds_below_the_offsets_and_agrees_
     trained, certificates
 ):
     """The certifier never certifies a point whose KW dual bound (the authors' library on a float64 copy of
-    the net) plus O_ij/2 reaches 0; against the library run as its authors run it, in float32, it differs only
-    where that bound lies within the offsets plus the float32 dual's own rounding of zero."""
+    the net) plus the point's rounding allowance b_j (its ball's, `RoundingModel.ball_pairs`) reaches 0; against
+    the library run as its authors run it, in float32, it differs only where that bound lies within the
+    box-wide O_ij/2 plus the float32 dual's own rounding of zero."""
     net, (x, _) = trained
     kw = certificates["kw"]
     predictions = kw.predictions
@@ -158,16 +159,17 @@ def test_kw_certifies_only_what_the_library_bounds_below_the_offsets_and_agrees_
         margins64 = kw_margins(copy.deepcopy(model).double(), x.double().contiguous(), predictions, EPSILON)
     others = torch.ones_like(margins64, dtype=torch.bool).scatter(1, predictions[:, None], False)
     half_offsets = net.margin_offsets()[predictions] / 2
+    ball = net.sound_constants().rounding.ball_pairs(x, torch.full((len(x),), EPSILON), predictions)
 
     def worst(margins: torch.Tensor) -> torch.Tensor:
         return margins.masked_fill(~others, float("-inf")).amax(1)
 
-    # the guarantee: a certified point's exact-dual bound, less the rounding allowance, is below zero
-    unsafe = kw.certified & (worst(margins64 + half_offsets) >= 0)
-    assert not unsafe.any(), f"certified beyond the float64 dual less O_ij/2: {unsafe.nonzero().flatten().tolist()}"
+    # the guarantee: a certified point's exact-dual bound, less its rounding allowance, is below zero
+    unsafe = kw.certified & (worst(margins64 + ball) >= 0)
+    assert not unsafe.any(), f"certified beyond the float64 dual less b_j: {unsafe.nonzero().flatten().tolist()}"
     # float32's rounding of the dual, as measured here, lies well inside the allowance the certifier subtracts
     rounding32 = float((margins32 - margins64)[others].abs().max())
-    assert rounding32 <= float(half_offsets[others].max())
+    assert rounding32 <= float(ball[others].min())
     # agreement: outside the band [−(O/2 + rounding), rounding] the float32 library decides as the certifier does
     worst32, band = worst(margins32), half_offsets.masked_fill(~others, 0).amax(1) + rounding32
     assert bool(kw.certified[worst32 < -band].all()), "the library certifies with room to spare, the certifier not"
@@ -176,25 +178,28 @@ def test_kw_certifies_only_what_the_library_bounds_below_the_offsets_and_agrees_
 
 
 def test_kw_refuses_a_point_whose_dual_bound_lies_within_the_rounding_allowance(trained, certificates):
-    """At the radius where the exact dual bound of some margin sits at −O_ij/4, inside the allowance, the float32
-    net may flip in the ball: the certifier must refuse the point that a certifier ignoring rounding accepts."""
+    """At the radius where the exact dual bound of some margin sits at −b_j/4, inside the point's own allowance,
+    the float32 net may flip in the ball: the certifier must refuse the point that one ignoring rounding accepts."""
     net, (x, _) = trained
     index = int(certificates["kw"].certified.nonzero()[0])
     point, prediction = x[index : index + 1], certificates["kw"].predictions[index : index + 1]
     model = copy.deepcopy(net.model).double().to(memory_format=torch.contiguous_format)
     others = torch.ones(1, net.num_classes, dtype=torch.bool).scatter(1, prediction[:, None], False)
-    quarter_offsets = net.margin_offsets()[prediction] / 4
+    rounding = net.sound_constants().rounding
 
     def bounds(epsilon: float) -> torch.Tensor:
         with torch.no_grad():
             return kw_margins(model, point.double().contiguous(), prediction, epsilon).masked_fill(~others, -math.inf)
 
+    def quarter(epsilon: float) -> torch.Tensor:
+        return rounding.ball_pairs(point, torch.tensor([epsilon]), prediction) / 4
+
     low, high = EPSILON, 10.0  # certified at ε; at 10 some bound is far above zero
-    assert float((bounds(low) + quarter_offsets).max()) < 0 < float((bounds(high) + quarter_offsets).max())
-    for _ in range(60):  # bisection for the radius where max_j (bound_j + O_cj/4) crosses zero
+    assert float((bounds(low) + quarter(low)).max()) < 0 < float((bounds(high) + quarter(high)).max())
+    for _ in range(60):  # bisection for the radius where max_j (bound_j + b_j/4) crosses zero
         middle = (low + high) / 2
-        low, high = (middle, high) if float((bounds(middle) + quarter_offsets).max()) < 0 else (low, middle)
-    assert float(bounds(high).max()) < 0  # the exact dual alone would certify here
+        low, high = (middle, high) if float((bounds(middle) + quarter(middle)).max()) < 0 else (low, middle)
+    assert float(bounds(high).max()) < 0 and float((bounds(high) + 4 * quarter(high)).max()) > 0  # inside b
     assert not bool(create_certifier("kw")(net, point, high).certified[0])
 
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 
 from gloro.certificate import Certificate
-from gloro.gloro_net import GloroNet, check_epsilon
+from gloro.gloro_net import GloroNet, SoundConstants, check_epsilon
 from gloro.precision import exact_arithmetic
 from gloro.timing import repeated_seconds
 
@@ -95,11 +95,10 @@ class Certifier:
         return f"{type(self).__name__}({options})"
 
 
-def certified_with_rounding(upper_margins: torch.Tensor, logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def certified_with_rounding(
+    upper_margins: torch.Tensor, logits: torch.Tensor, constants: SoundConstants, x: torch.Tensor, epsilon: float
+) -> torch.Tensor:
     """Certified ⇔ the float logits are finite and every upper bound of y_i − y_j on the ball (exact net,
-    j = argmax of `logits`) stays below −O_ij / 2, where the float net's margins are then negative too;
-    O_ij are the rounding offsets of `GloroNet.margin_offsets`."""
-    predictions = logits.argmax(1)
-    half = offsets.to(upper_margins.device)[predictions] / 2
-    worst = (upper_margins + half).scatter(1, predictions[:, None], float("-inf")).amax(1)
-    return torch.isfinite(logits).all(1).to(worst.device) & (worst < 0)
+    j = argmax of `logits`) stays below what rounding can add on the ball: −O_ij / 2 with the box-wide
+    offsets, or each point's own bound where that decides (`SoundConstants.certified_over_ball`)."""
+    return constants.certified_over_ball(x, logits, -upper_margins, epsilon)

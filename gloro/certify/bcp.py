@@ -191,7 +191,7 @@ class BcpCertifier(Certifier):
         return {**super().settings, "solver_iterations": self.solver_iterations, "layer_bounds": "sound"}
 
     def prepare(self, net: GloroNet, epsilon: float) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return net.layer_bounds(sound=True), net.margin_offsets()
+        return net.layer_bounds(sound=True), net.sound_constants()
 
     def certify_batch(self, net, x, epsilon, state):
         logits = net.predict_clean(x)
@@ -199,4 +199,4 @@ class BcpCertifier(Certifier):
         _, margins = bcp_margins(
             net, x, predictions, epsilon, sound=True, solver_iterations=self.solver_iterations, layer_norms=state[0]
         )
-        return predictions, certified_with_rounding(margins, logits, state[1]), None
+        return predictions, certified_with_rounding(margins, logits, state[1], x, epsilon), None

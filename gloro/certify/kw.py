@@ -93,10 +93,10 @@ class KwCertifier(Certifier):
         check_kw_model(net)
         # the library views activations flat: its layers need contiguous (not channels_last) weights and inputs
         model = copy.deepcopy(net.model).double().to(memory_format=torch.contiguous_format).eval()
-        return model, net.margin_offsets()
+        return model, net.sound_constants()
 
     def certify_batch(self, net, x, epsilon, state):
         logits = net.predict_clean(x)
         predictions = logits.argmax(1)  # the float32 net's prediction is what is certified
         margins = kw_margins(state[0], x.double().contiguous(), predictions, epsilon)
-        return predictions, certified_with_rounding(margins, logits, state[1]), None
+        return predictions, certified_with_rounding(margins, logits, state[1], x, epsilon), None

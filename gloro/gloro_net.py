@@ -102,7 +102,7 @@ class SoundConstants:
         band, reach = candidates[decided], reach[decided]
         points, chosen = x[band.to(x.device)].cpu(), chosen[decided.to(chosen.device)].cpu()
         own, failed = box[band], torch.zeros(len(band), dtype=torch.bool)
-        for level in levels.tolist():  # a point refused at one level is refused at every larger one
+        for level in levels.tolist():  # a point refused at one level is not tried at larger ones: no smaller bound
             still = (own < level) & (reach >= level) & ~failed
             if still.any():
                 ball = torch.full((int(still.sum()),), level, dtype=torch.float64)

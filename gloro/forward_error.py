@@ -241,7 +241,7 @@ class RoundingModel:
 
         Rows on which the computation could overflow get infinite bounds, so that nothing is certified there.
         """
-        u, largest = unit_roundoff(self.dtype), torch.finfo(self.dtype).max
+        u = unit_roundoff(self.dtype)
         lower, upper, centre = lower.double(), upper.double(), centre.double()
         radius = radius.double().clamp_min(0.0) * (1 + 2 * U64)
         rows = len(lower)
@@ -259,9 +259,8 @@ class RoundingModel:
                 units = _minmax_error(units) if isinstance(step, MinMax) else step(units)
                 continue
             reach = centre_error + lipschitz * radius  # ‖h(x′) − ĉ‖ ≤ reach on the region
-            rounding_units, carried = self._rounding(step, lower, upper, centre, reach, norm_bound, error, units)
-            overflow |= ~torch.isfinite(rounding_units.flatten(1)).all(1)
-            overflow |= rounding_units.flatten(1).amax(1) / gamma(step.fan_in, u) * 2 >= largest
+            rounding_units, carried, fits = self._rounding(step, lower, upper, centre, reach, norm_bound, error, units)
+            overflow |= ~fits | ~torch.isfinite(rounding_units.flatten(1)).all(1)
             # or through norms: ‖|A||x̂| + |b|‖ ≤ ‖|A|‖·‖x̂‖ + ‖b over the outputs‖, and the underflow
             outputs = rounding_units[0].numel()
             by_norms = gamma(step.fan_in, u) * (step.abs_norm * (norm_bound + error) + step.output_bias_norm(outputs))
@@ -285,13 +284,14 @@ class RoundingModel:
         flat = (t.flatten(1) for t in (lower, upper, centre, units))
         lower, upper, centre, units = flat
         reach = centre_error + lipschitz * radius
-        rho, _ = self._rounding(self.head, lower, upper, centre, reach, norm_bound, error, units)
-        overflow |= ~torch.isfinite(rho).all(1) | (rho.amax(1) / gamma(self.head.fan_in, u) * 2 >= largest)
+        rho, _, fits = self._rounding(self.head, lower, upper, centre, reach, norm_bound, error, units)
+        overflow |= ~fits | ~torch.isfinite(rho).all(1)
         rho = torch.nextafter(rho, torch.tensor(math.inf, dtype=torch.float64)).masked_fill(overflow[:, None], math.inf)
         return RegionError(rho, error.masked_fill(overflow, math.inf), units.masked_fill(overflow[:, None], math.inf))
 
     def _rounding(self, step, lower, upper, centre, reach, norm_bound, error, units):
-        """Per output v of `step` on the region: γ_n·(|A_v||x̂| + |b_v|) plus underflow, and |A_v|·|ĥ − h|.
+        """Per output v of `step` on the region: γ_n·(|A_v||x̂| + |b_v|) plus underflow, |A_v|·|ĥ − h|, and per
+        row whether every |A_v||x̂| + |b_v| stays below half the largest finite number (no overflow).
 
         |x̂| ≤ |h| + |ĥ − h|. |A_v||h| is the least of |A_v| times each unit's largest |h| (interval, |ĉ| + reach,
         ‖h‖), of |A_v||ĉ| + ‖A_v‖·reach and of ‖A_v‖·‖h‖ (Cauchy–Schwarz: the region moves all units at once
@@ -308,13 +308,14 @@ class RoundingModel:
         if by_error is not None:
             carried = torch.minimum(carried, by_error)
         scale = (scale + carried) * (1 + 2 * U64)  # |A||x̂| + |b| per output
+        fits = scale.flatten(1).amax(1) * 2 < torch.finfo(self.dtype).max  # NaN or inf: False
         u = unit_roundoff(self.dtype)
         terms = step.terms((lower != 0) | (upper != 0) | (units != 0))
         if terms is None or u * step.fan_in >= 0.5:
             rounding = gamma(step.fan_in, u) * scale * (1 + 4 * U64)
         else:  # γ_n per output, n·u < 1/2: nu/(1 − nu) with its three roundings covered
             rounding = (terms * u) / (1 - terms * u) * (1 + 8 * U64) * scale * (1 + 4 * U64)
-        return rounding + _spread(self._underflow(step, norm_bound, error), rounding), carried
+        return rounding + _spread(self._underflow(step, norm_bound, error), rounding), carried, fits
 
     def _underflow(self, step, norm_bound, error) -> torch.Tensor:
         """One smallest normal number per operation of an n-term inner product, scaled by its largest input."""

@@ -26,7 +26,7 @@ from torch.nn.modules.utils import _pair
 
 from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
-from gloro.gloro_net import GloroNet
+from gloro.gloro_net import GloroNet, SoundConstants
 from gloro.lipschitz import UnsupportedLayerError, check_plain_conv, conv_padding
 
 SOLVER_ITERATIONS = 20  # the authors' training used 1 (CIFAR) or 10 (MNIST); at most d are ever needed
@@ -190,7 +190,7 @@ class BcpCertifier(Certifier):
     def settings(self) -> dict:
         return {**super().settings, "solver_iterations": self.solver_iterations, "layer_bounds": "sound"}
 
-    def prepare(self, net: GloroNet, epsilon: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def prepare(self, net: GloroNet, epsilon: float) -> tuple[list[torch.Tensor], SoundConstants]:
         return net.layer_bounds(sound=True), net.sound_constants()
 
     def certify_batch(self, net, x, epsilon, state):

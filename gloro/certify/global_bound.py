@@ -12,8 +12,9 @@ class GlobalCertifier(Certifier):
     """radius = min_{i≠j} (y_j − y_i − O_ij)/K_ij with the sound K_ij and rounding offsets O_ij (the frozen
     ones after `freeze()`; `fast_bounds` takes convs' circulant bounds for an unfrozen net, still sound and a
     little looser, as training's per-epoch evaluation does); the box-wide O_ij first, each point's own where
-    they decide the outcome (`SoundConstants.refine`). One forward pass per batch and a few float64 passes
-    over the points in that band, so it costs what inference costs."""
+    they decide the outcome (`SoundConstants.refine`). One forward pass per batch, plus a few float32 passes
+    (and, where needed, a float64 one) over the points in that band: 1.4 to 4.5 times a forward pass on the
+    trained nets of benchmarks/README.md, the more the more points the box-wide offsets leave undecided."""
 
     name = "global"
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
-from gloro.gloro_net import GloroNet
+from gloro.gloro_net import GloroNet, SoundConstants
 from gloro.lipschitz import conv_padding
 
 KW_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten)
@@ -89,7 +89,7 @@ class KwCertifier(Certifier):
     name = "kw"
     default_batch_size = 16  # the exact dual holds (input size × activations) numbers per point
 
-    def prepare(self, net: GloroNet, epsilon: float) -> tuple[nn.Sequential, torch.Tensor]:
+    def prepare(self, net: GloroNet, epsilon: float) -> tuple[nn.Sequential, SoundConstants]:
         check_kw_model(net)
         # the library views activations flat: its layers need contiguous (not channels_last) weights and inputs
         model = copy.deepcopy(net.model).double().to(memory_format=torch.contiguous_format).eval()

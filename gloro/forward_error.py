@@ -197,11 +197,10 @@ def _minmax_error(units: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RegionError:
-    """The rounding bound over one region per row: ρ_i (B, m), ‖δ‖ (B,) and |δ| per unit (B, d_head)."""
+    """The rounding bound over one region per row: ρ_i (B, m) and ‖δ‖ (B,)."""
 
     logit_rounding: torch.Tensor
     feature_error: torch.Tensor
-    unit_error: torch.Tensor
 
 
 class RoundingModel:
@@ -287,7 +286,7 @@ class RoundingModel:
         rho, _, fits = self._rounding(self.head, lower, upper, centre, reach, norm_bound, error, units)
         overflow |= ~fits | ~torch.isfinite(rho).all(1)
         rho = torch.nextafter(rho, torch.tensor(math.inf, dtype=torch.float64)).masked_fill(overflow[:, None], math.inf)
-        return RegionError(rho, error.masked_fill(overflow, math.inf), units.masked_fill(overflow[:, None], math.inf))
+        return RegionError(rho, error.masked_fill(overflow, math.inf))
 
     def _rounding(self, step, lower, upper, centre, reach, norm_bound, error, units):
         """Per output v of `step` on the region: γ_n·(|A_v||x̂| + |b_v|) plus underflow, |A_v|·|ĥ − h|, and per

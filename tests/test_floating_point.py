@@ -19,6 +19,18 @@ from gloro.outward import spectral_norm_upper
 TINY32 = torch.finfo(torch.float32).tiny  # float32's smallest normal number, 2^-126
 
 
+def box_points(interior: int, corners: int, generator: torch.Generator) -> torch.Tensor:
+    """8×8 test inputs: random points inside [0, 1]^64, random corners of the box, and all zeros and all ones."""
+    return torch.cat(
+        [
+            torch.rand(interior, 1, 8, 8, generator=generator),
+            (torch.rand(corners, 1, 8, 8, generator=generator) > 0.5).float(),
+            torch.zeros(1, 1, 8, 8),
+            torch.ones(1, 1, 8, 8),
+        ]
+    )
+
+
 def dense_net(weights, biases, input_range=(0.0, 1.0)) -> gloro.GloroNet:
     """A ReLU MLP with the given float32 weights and biases (the last pair is the head)."""
     layers = []
@@ -217,15 +229,7 @@ def test_the_rounding_offsets_cover_the_actual_forward_error(dtype):
     error is ~1e-13, far below the offsets), at random points, box corners and the data's extremes."""
     model = gloro.create_model("2C2F", (1, 8, 8), 10, seed=2)
     net = gloro.GloroNet(model, epsilon=0.3).to(dtype)
-    generator = torch.Generator().manual_seed(4)
-    x = torch.cat(
-        [
-            torch.rand(300, 1, 8, 8, generator=generator),
-            (torch.rand(300, 1, 8, 8, generator=generator) > 0.5).float(),
-            torch.zeros(1, 1, 8, 8),
-            torch.ones(1, 1, 8, 8),
-        ]
-    )
+    x = box_points(300, 300, torch.Generator().manual_seed(4))
     offsets = net.margin_offsets()
     assert torch.isfinite(offsets).all()
     computed = net.predict_clean(x.to(dtype)).double()

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from test_floating_point import dense_net, exact_logits
+from test_floating_point import box_points, dense_net, exact_logits
 
 import gloro
 from gloro.data import load_dataset
@@ -48,14 +48,7 @@ def test_the_ball_bound_is_never_below_the_rounding_anywhere_on_the_ball(kind, d
     corners and on its faces, and radii from 0 to past the box; y from float64, whose own bound is taken off b."""
     net = NETS[kind]().to(dtype).eval()
     generator = torch.Generator().manual_seed(7)
-    centres = torch.cat(
-        [
-            torch.rand(10, 1, 8, 8, generator=generator),
-            (torch.rand(4, 1, 8, 8, generator=generator) > 0.5).float(),
-            torch.zeros(1, 1, 8, 8),
-            torch.ones(1, 1, 8, 8),
-        ]
-    )
+    centres = box_points(10, 4, generator)
     radii = torch.tensor([0.0, 0.02, 0.3, 3.0], dtype=torch.float64)
     x = centres.repeat_interleave(len(radii), 0)
     r = radii.repeat(len(centres))

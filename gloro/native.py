@@ -6,9 +6,10 @@ At batch size 1 a PyTorch op costs more in dispatch than in arithmetic, so on th
 advances an iterate several times faster than the PyTorch loops in `lipschitz.py` (benchmarks/README.md);
 likewise one call certifies a batch where `margin.certify_logits` takes eight small ops. The PyTorch code
 computes the same numbers and remains the path on GPUs, in other precisions, and wherever no C compiler is
-found. The library is built with $CC (else `cc`) for this machine's processor (-march=native), in about a
-second, into the data cache folder (~/.cache/gloro-bench) under a name keyed by the sources, the compiler
-and the processor, so a home folder shared by different machines never loads a build made for another.
+found. The library is built with $CC (else `cc`) for this machine's processor (-march=native, or the
+target that $GLORO_MARCH names, e.g. x86-64-v3 for AVX2 without AVX-512), in about a second, into the data
+cache folder (~/.cache/gloro-bench) under a name keyed by the sources, the compiler, the flags and the
+processor, so a home folder shared by different machines never loads a build made for another.
 GLORO_NATIVE=0 turns it off.
 """
 
@@ -28,7 +29,7 @@ import torch
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("power_iteration.c", "margin.c", "unchanged.c"))
 # gnu11 rather than c11: the ISO modes stop the compiler from fusing a·b + c into one multiply-add
-FLAGS = ("-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC")
+FLAGS = ("-O3", "-std=gnu11", "-shared", "-fPIC")
 POINTER, INT = ctypes.c_void_p, ctypes.c_int64
 CONV_ARGUMENTS = (POINTER,) * 4 + (INT, INT, POINTER, INT, POINTER, INT, INT, INT, INT, INT)
 SIGNATURES = {  # argument types of the library's entry points (see the C sources)
@@ -56,11 +57,16 @@ def processor() -> str:
     return "\n".join(dict.fromkeys(line for line in lines if line.startswith(wanted)))
 
 
+def flags() -> tuple[str, ...]:
+    """The compiler flags: FLAGS and the target processor, this one's unless $GLORO_MARCH names another."""
+    return (*FLAGS, f"-march={os.environ.get('GLORO_MARCH') or 'native'}")
+
+
 def build() -> Path:
-    """Compile the library unless a build for these sources, compiler and processor exists; its path."""
+    """Compile the library unless a build for these sources, compiler, flags and processor exists; its path."""
     compiler = os.environ.get("CC") or "cc"
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
-    key = "\0".join((*(source.read_text() for source in SOURCES), compiler, version, " ".join(FLAGS), processor()))
+    key = "\0".join((*(source.read_text() for source in SOURCES), compiler, version, " ".join(flags()), processor()))
     target = cache_dir() / f"gloro-native-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -68,7 +74,7 @@ def build() -> Path:
     descriptor, partial = tempfile.mkstemp(dir=target.parent, prefix=".building-", suffix=".so")
     os.close(descriptor)
     try:
-        command = [compiler, *FLAGS, "-o", partial, *map(str, SOURCES), "-lm"]
+        command = [compiler, *flags(), "-o", partial, *map(str, SOURCES), "-lm"]
         subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
         os.replace(partial, target)  # atomic: concurrent jobs each build, and one of the identical files wins
     finally:

@@ -4,7 +4,7 @@
    PyTorch loops in gloro/lipschitz.py compute the same iterates and stay the reference (and the path on
    GPUs, in other precisions, or without a compiler). At batch size 1 each PyTorch op costs more in
    dispatch and in separate passes over memory than in arithmetic; here a whole advance is one call, the
-   im2col gathers feed the products directly, and the products keep 16 vector sums in registers.
+   im2col gathers feed the products directly, and the products keep their vector sums in registers.
 
    Both entry points scale A by its Frobenius norm and rescale the iterate only every `rescale_every`
    steps, exactly as the PyTorch loops do, and write the unit direction into `out` (the conv one also the
@@ -16,95 +16,112 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef float vec16 __attribute__((vector_size(64)));
+/* The vector is the processor's own register (LANES floats), and a block of the product keeps ROWS × 2 of
+   them as running sums: as many as the register file holds beside the operands. A vector wider than the
+   registers would be split by the compiler and its sums spilled to memory, many times slower. */
+#if defined(__AVX512F__)
+#define LANES 16
+#define ROWS 8
+#elif defined(__AVX__)
+#define LANES 8
+#define ROWS 6
+#elif defined(__aarch64__)
+#define LANES 4
+#define ROWS 8
+#else
+#define LANES 4
+#define ROWS 6
+#endif
 
-static inline vec16 load16(const float *p) {
-    vec16 v;
+typedef float vec __attribute__((vector_size(4 * LANES)));
+
+static inline vec load(const float *p) {
+    vec v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+static inline void store(float *p, vec v) { memcpy(p, &v, sizeof v); }
 
 /* Element (i, p) of the left factor: a[i·k + p], or a[at[i·k + p]] when the factor is gathered from a. */
 #define A(i, p) (at ? a[at[(i) * k + (p)]] : a[(i) * k + (p)])
 
-/* c[:, 0:32] of c[m×n] = a[m×k] · b[k×·] (row strides n and ldb): blocks of 8 rows keep 16 independent
-   vector sums, enough to hide the latency of fused multiply-adds. */
-static void columns32(const float *a, const int32_t *at, const float *b, int64_t ldb, float *c, int64_t n, int64_t m,
-                      int64_t k) {
+/* c[:, 0:2·LANES] of c[m×n] = a[m×k] · b[k×·] (row strides n and ldb): blocks of ROWS rows keep 2·ROWS
+   independent vector sums, enough to hide the latency of fused multiply-adds. */
+static void columns_wide(const float *a, const int32_t *at, const float *b, int64_t ldb, float *c, int64_t n,
+                         int64_t m, int64_t k) {
     int64_t i = 0;
-    for (; i + 8 <= m; i += 8) {
-        vec16 left[8] = {0}, right[8] = {0};
+    for (; i + ROWS <= m; i += ROWS) {
+        vec left[ROWS] = {0}, right[ROWS] = {0};
         for (int64_t p = 0; p < k; p++) {
-            vec16 b0 = load16(b + p * ldb), b1 = load16(b + p * ldb + 16);
-            for (int r = 0; r < 8; r++) {
+            vec b0 = load(b + p * ldb), b1 = load(b + p * ldb + LANES);
+            for (int r = 0; r < ROWS; r++) {
                 float s = A(i + r, p);
                 left[r] += s * b0;
                 right[r] += s * b1;
             }
         }
-        for (int r = 0; r < 8; r++) {
-            store16(c + (i + r) * n, left[r]);
-            store16(c + (i + r) * n + 16, right[r]);
+        for (int r = 0; r < ROWS; r++) {
+            store(c + (i + r) * n, left[r]);
+            store(c + (i + r) * n + LANES, right[r]);
         }
     }
     for (; i < m; i++) {
-        vec16 left = {0}, right = {0};
+        vec left = {0}, right = {0};
         for (int64_t p = 0; p < k; p++) {
-            left += A(i, p) * load16(b + p * ldb);
-            right += A(i, p) * load16(b + p * ldb + 16);
+            left += A(i, p) * load(b + p * ldb);
+            right += A(i, p) * load(b + p * ldb + LANES);
         }
-        store16(c + i * n, left);
-        store16(c + i * n + 16, right);
+        store(c + i * n, left);
+        store(c + i * n + LANES, right);
     }
 }
 
-/* c[:, 0:width] (width ≤ 16) of the same product, from 16 columns of b; only `width` of them are stored. */
-static void columns16(const float *a, const int32_t *at, const float *b, int64_t ldb, float *c, int64_t n, int64_t m,
-                      int64_t k, int64_t width) {
+/* c[:, 0:width] (width ≤ LANES) of the same product, from LANES columns of b; only `width` are stored. */
+static void columns_narrow(const float *a, const int32_t *at, const float *b, int64_t ldb, float *c, int64_t n,
+                           int64_t m, int64_t k, int64_t width) {
     int64_t i = 0;
-    for (; i + 8 <= m; i += 8) {
-        vec16 sums[8] = {0};
+    for (; i + 2 * ROWS <= m; i += 2 * ROWS) {
+        vec sums[2 * ROWS] = {0};
         for (int64_t p = 0; p < k; p++) {
-            vec16 bv = load16(b + p * ldb);
-            for (int r = 0; r < 8; r++) sums[r] += A(i + r, p) * bv;
+            vec bv = load(b + p * ldb);
+            for (int r = 0; r < 2 * ROWS; r++) sums[r] += A(i + r, p) * bv;
         }
-        for (int r = 0; r < 8; r++) memcpy(c + (i + r) * n, &sums[r], sizeof(float) * width);
+        for (int r = 0; r < 2 * ROWS; r++) memcpy(c + (i + r) * n, &sums[r], sizeof(float) * width);
     }
     for (; i < m; i++) {
-        vec16 sum = {0};
-        for (int64_t p = 0; p < k; p++) sum += A(i, p) * load16(b + p * ldb);
+        vec sum = {0};
+        for (int64_t p = 0; p < k; p++) sum += A(i, p) * load(b + p * ldb);
         memcpy(c + i * n, &sum, sizeof(float) * width);
     }
 }
 
-/* c[m×n] = a[m×k] · b[k×n], all row-major. The last n mod 16 columns of b are first copied into `scratch`
-   (k × 16 floats) beside zeros, so that they too are computed with whole vectors. */
+/* c[m×n] = a[m×k] · b[k×n], all row-major. The last n mod LANES columns of b are first copied into
+   `scratch` (k × LANES floats) beside zeros, so that they too are computed with whole vectors. */
 static void matmul(const float *a, const int32_t *at, const float *b, float *c, int64_t m, int64_t k, int64_t n,
                    float *scratch) {
     int64_t j = 0;
-    for (; j + 32 <= n; j += 32) columns32(a, at, b + j, n, c + j, n, m, k);
-    for (; j + 16 <= n; j += 16) columns16(a, at, b + j, n, c + j, n, m, k, 16);
+    for (; j + 2 * LANES <= n; j += 2 * LANES) columns_wide(a, at, b + j, n, c + j, n, m, k);
+    for (; j + LANES <= n; j += LANES) columns_narrow(a, at, b + j, n, c + j, n, m, k, LANES);
     if (j < n) {
-        memset(scratch, 0, sizeof(float) * k * 16);
-        for (int64_t p = 0; p < k; p++) memcpy(scratch + p * 16, b + p * n + j, sizeof(float) * (n - j));
-        columns16(a, at, scratch, 16, c + j, n, m, k, n - j);
+        memset(scratch, 0, sizeof(float) * k * LANES);
+        for (int64_t p = 0; p < k; p++) memcpy(scratch + p * LANES, b + p * n + j, sizeof(float) * (n - j));
+        columns_narrow(a, at, scratch, LANES, c + j, n, m, k, n - j);
     }
 }
 
 /* ‖x‖₂, with four vector sums side by side (one running sum would wait on each addition) */
 static double norm(const float *x, int64_t n) {
-    vec16 sums[4] = {0};
+    vec sums[4] = {0};
     int64_t i = 0;
-    for (; i + 64 <= n; i += 64)
+    for (; i + 4 * LANES <= n; i += 4 * LANES)
         for (int r = 0; r < 4; r++) {
-            vec16 v = load16(x + i + 16 * r);
+            vec v = load(x + i + LANES * r);
             sums[r] += v * v;
         }
     double sum = 0;
     for (int r = 0; r < 4; r++)
-        for (int l = 0; l < 16; l++) sum += sums[r][l];
+        for (int l = 0; l < LANES; l++) sum += sums[r][l];
     for (; i < n; i++) sum += (double)x[i] * x[i];
     return sqrt(sum);
 }
@@ -152,22 +169,22 @@ int64_t gloro_linear_advance(const float *start, float *out, const float *w, int
     float *x = aligned_floats(sizes, parts, 2);
     if (!x) return -1;
     float *y = parts[1];
-    int64_t vectors = cols / 16 * 16;
+    int64_t vectors = cols / LANES * LANES;
     memcpy(x, start, sizeof(float) * cols);
     for (int64_t step = 1; step <= iterations; step++) {
         int64_t o = 0;
         for (; o + 4 <= rows; o += 4) {
             const float *r0 = w + o * cols, *r1 = r0 + cols, *r2 = r1 + cols, *r3 = r2 + cols;
-            vec16 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-            for (int64_t i = 0; i < vectors; i += 16) {
-                vec16 xv = load16(x + i);
-                s0 += load16(r0 + i) * xv;
-                s1 += load16(r1 + i) * xv;
-                s2 += load16(r2 + i) * xv;
-                s3 += load16(r3 + i) * xv;
+            vec s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+            for (int64_t i = 0; i < vectors; i += LANES) {
+                vec xv = load(x + i);
+                s0 += load(r0 + i) * xv;
+                s1 += load(r1 + i) * xv;
+                s2 += load(r2 + i) * xv;
+                s3 += load(r3 + i) * xv;
             }
             float t[4] = {0, 0, 0, 0};
-            for (int l = 0; l < 16; l++) {
+            for (int l = 0; l < LANES; l++) {
                 t[0] += s0[l];
                 t[1] += s1[l];
                 t[2] += s2[l];
@@ -190,9 +207,9 @@ int64_t gloro_linear_advance(const float *start, float *out, const float *w, int
         for (o = 0; o + 4 <= rows; o += 4) {
             const float *r0 = w + o * cols, *r1 = r0 + cols, *r2 = r1 + cols, *r3 = r2 + cols;
             float y0 = y[o], y1 = y[o + 1], y2 = y[o + 2], y3 = y[o + 3];
-            for (int64_t i = 0; i < vectors; i += 16)
-                store16(x + i, load16(x + i) + y0 * load16(r0 + i) + y1 * load16(r1 + i) + y2 * load16(r2 + i) +
-                                   y3 * load16(r3 + i));
+            for (int64_t i = 0; i < vectors; i += LANES)
+                store(x + i, load(x + i) + y0 * load(r0 + i) + y1 * load(r1 + i) + y2 * load(r2 + i) +
+                                 y3 * load(r3 + i));
             for (int64_t i = vectors; i < cols; i++) x[i] += y0 * r0[i] + y1 * r1[i] + y2 * r2[i] + y3 * r3[i];
         }
         for (; o < rows; o++)
@@ -224,7 +241,7 @@ int64_t gloro_conv_advance(const float *start, float *out, float *gradient, cons
        across: outputs transposed; scratch: for matmul's last columns. Each part starts on a 64-byte
        boundary, where vector loads are fastest. */
     int64_t sizes[8] = {n + 1,     channels * patch,      patch * channels,      through_gram ? patch * patch : 0,
-                        entries + 1, positions * channels, positions * channels, 16 * widest};
+                        entries + 1, positions * channels, positions * channels, LANES * widest};
     float *parts[8];
     float *x = aligned_floats(sizes, parts, 8);
     if (!x) return -1;

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import gloro
+from gloro import power_path
 from gloro.data.registry import load_dataset
 from gloro.train import TrainingRecipe
 
@@ -164,12 +165,13 @@ def main() -> None:
         parser.error("--eval-every must be >= 1")
     results = {
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **power_path.processor_summary(),
         "keep_freed_memory": gloro.keep_freed_memory(),
         "cases": [
             run_case(case, args.rounds, args.epochs, args.batch_size, args.examples, args.official, args.eval_every)
             for case in args.cases
         ],
+        "power_iteration_paths": power_path.chosen(),
     }
     print(json.dumps(results, indent=2))
 

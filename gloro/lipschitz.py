@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from gloro import native
+from gloro import native, power_path
 from gloro.layers import MinMax
 from gloro.outward import U64, gamma, norm_up, spectral_norm_upper, up
 
@@ -30,6 +30,7 @@ IM2COL_MAX_ENTRIES = 1 << 15
 # Frobenius norm, so A's norm lies between about 1/(stride·√channels) and √(outputs reading one pixel) (at
 # most the kernel area): over five steps the iterate moves within float32's range, far from under/overflow.
 RESCALE_EVERY = 5
+MEASURED_STEPS = 10  # the advance each path is timed on when `power_path` chooses one
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
@@ -101,32 +102,61 @@ class PowerIterationBound(LayerBound):
         """A x."""
         raise NotImplementedError
 
-    @property
-    def has_compiled_loop(self) -> bool:
-        """Whether `gloro.native` has a loop for this operator (it then runs for float32 weights on the CPU)."""
-        return False
+    def paths(self, weight: torch.Tensor) -> tuple[str, ...]:
+        """The code paths that can advance this operator's iterate for `weight` (see `gloro.power_path`)."""
+        raise NotImplementedError
+
+    def signature(self, weight: torch.Tensor) -> str:
+        """What the speed of a path depends on besides the machine: the operator, and the weight's form."""
+        layout = "contiguous" if weight.is_contiguous() else "strided"
+        return f"{type(self).__name__} {tuple(weight.shape)} {weight.dtype} {weight.device.type} {layout}"
+
+    def path_for(self, weight: torch.Tensor) -> str:
+        """The fastest path on this machine for this operator (measured once per machine; see `power_path`)."""
+        paths = self.paths(weight)
+        if len(paths) == 1:
+            return paths[0]
+        start: list[torch.Tensor] = []  # the iterate before any trial, copied only if a trial runs
+
+        def trial(path: str):
+            def run() -> None:  # a timed advance that leaves the iterate as it found it
+                start[:] = start or [self.iterate.clone()]
+                self.advance(weight, MEASURED_STEPS, path)
+                self.iterate.copy_(start[0])
+
+            return run
+
+        return power_path.choose(self.signature(weight), {path: trial(path) for path in paths}, weight.device)
 
     @torch.no_grad()
-    def advance(self, weight: torch.Tensor, iterations: int) -> torch.Tensor | None:
+    def advance(self, weight: torch.Tensor, iterations: int, path: str | None = None) -> torch.Tensor | None:
         """Move the stored iterate `iterations` steps of x ← AᵀAx / ‖AᵀAx‖ (no host sync inside the loop).
 
-        Scaling never changes the direction, so the weight is divided by its Frobenius norm once and `steps`
-        rescales the iterate only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels.
-        float32 weights on the CPU take the compiled loop of `gloro.native`, which does the same in one call;
-        for a conv it also returns the gradient of ‖Ax‖ in the weight at the new x (else None).
+        Every path computes the same iterates up to rounding; `path` names one (see `paths`), by default the
+        fastest on this machine. The compiled loop of `gloro.native` does the whole advance in one call and,
+        for a conv, also returns the gradient of ‖Ax‖ in the weight at the new x (else None). The PyTorch
+        paths divide the weight by its Frobenius norm once, as the compiled loop does, and rescale the iterate
+        only every `RESCALE_EVERY` steps: the same iterates, with fewer small kernels.
         """
-        if self.has_compiled_loop and native.runs(weight, self.iterate):
+        if path is None:
+            path = self.path_for(weight)
+        elif path not in self.paths(weight):
+            raise ValueError(
+                f"{type(self).__name__} has no power-iteration path {path!r} here; it has {self.paths(weight)}"
+            )
+        if path == "compiled":
             return self.advance_natively(weight, iterations)
         weight = weight / torch.linalg.vector_norm(weight)  # a zero weight gives NaN here; see keep_direction
-        self.keep_direction(self.steps(weight, iterations))
+        self.keep_direction(self.steps(path, weight, iterations))
         return None
 
     def advance_natively(self, weight: torch.Tensor, iterations: int) -> torch.Tensor | None:
         """`advance` through the compiled loop."""
         raise NotImplementedError
 
-    def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
-        """x ← AᵀAx `iterations` times from the stored iterate, for a weight of Frobenius norm 1; the last x."""
+    def steps(self, path: str, weight: torch.Tensor, iterations: int) -> torch.Tensor:
+        """x ← AᵀAx `iterations` times from the stored iterate by a PyTorch path, for a weight of Frobenius
+        norm 1; the last x."""
         raise NotImplementedError
 
     def keep_direction(self, x: torch.Tensor) -> None:
@@ -155,8 +185,11 @@ class LinearBound(PowerIterationBound):
     def operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight)
 
-    def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
-        """See `PowerIterationBound.steps`; both products of a step are written into buffers made once."""
+    def paths(self, weight: torch.Tensor) -> tuple[str, ...]:
+        return ("compiled", "matmul") if native.runs(weight, self.iterate) else ("matmul",)
+
+    def steps(self, path: str, weight: torch.Tensor, iterations: int) -> torch.Tensor:
+        """See `PowerIterationBound.steps` ("matmul"); both products of a step go into buffers made once."""
         x = self.iterate.clone()
         y = x.new_empty(1, len(weight))
         transposed = weight.T
@@ -165,8 +198,6 @@ class LinearBound(PowerIterationBound):
             if step % RESCALE_EVERY == 0:
                 x.div_(torch.linalg.vector_norm(x))
         return x
-
-    has_compiled_loop = True
 
     def advance_natively(self, weight: torch.Tensor, iterations: int) -> None:
         """See `PowerIterationBound.advance`; no gradient: for a wide W, u xᵀ costs more than Wx again."""
@@ -212,20 +243,27 @@ class Conv2dBound(PowerIterationBound):
             return weight.flatten(1) @ F.pad(x.flatten(), (0, 1)).take(self.column_index)
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
-    @property
-    def has_compiled_loop(self) -> bool:
-        return self.as_matrix
+    def paths(self, weight: torch.Tensor) -> tuple[str, ...]:
+        if not self.as_matrix:
+            return ("convolutions",)
+        compiled = ("compiled",) if native.runs(weight, self.iterate) else ()
+        return (*compiled, "columns", "convolutions")
+
+    def signature(self, weight: torch.Tensor) -> str:
+        return f"{super().signature(weight)} input={self.input_shape} stride={self.stride} padding={self.padding}"
 
     def advance_natively(self, weight: torch.Tensor, iterations: int) -> torch.Tensor | None:
         return native.conv_advance(
             self.iterate, weight, self.native_columns, self.native_fold, self.through_gram, iterations, RESCALE_EVERY
         )
 
-    def steps(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
-        """See `PowerIterationBound.steps`."""
-        if self.as_matrix:
+    def steps(self, path: str, weight: torch.Tensor, iterations: int) -> torch.Tensor:
+        """See `PowerIterationBound.steps`: "columns" (only where the gathers were built) or "convolutions"."""
+        if path == "columns":
             return self.steps_by_columns(weight, iterations)
-        return self.steps_by_convolutions(weight, iterations)
+        if path == "convolutions":
+            return self.steps_by_convolutions(weight, iterations)
+        raise ValueError(f"no PyTorch power-iteration path {path!r} for a conv; it has {self.paths(weight)}")
 
     def steps_by_columns(self, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         """Every step writes into buffers made once (the iterate and the columns each with a zero appended for

@@ -3,13 +3,14 @@ float32 weights, the certificate margin (`margin.c`) for float32 logits, and the
 are unchanged (`unchanged.c`).
 
 At batch size 1 a PyTorch op costs more in dispatch than in arithmetic, so on the CPU the compiled loop
-advances an iterate several times faster than the PyTorch loops in `lipschitz.py` (benchmarks/README.md);
-likewise one call certifies a batch where `margin.certify_logits` takes eight small ops. The PyTorch code
-computes the same numbers and remains the path on GPUs, in other precisions, and wherever no C compiler is
-found. The library is built with $CC (else `cc`) for this machine's processor (-march=native, or the
-target that $GLORO_MARCH names, e.g. x86-64-v3 for AVX2 without AVX-512), in about a second, into the data
-cache folder (~/.cache/gloro-bench) under a name keyed by the sources, the compiler, the flags and the
-processor, so a home folder shared by different machines never loads a build made for another.
+often advances an iterate faster than the PyTorch loops in `lipschitz.py`; where it does is measured on each
+machine (`power_path.py`). Likewise one call certifies a batch where `margin.certify_logits` takes eight
+small ops. The PyTorch code computes the same numbers and remains the path on GPUs, in other precisions, and
+wherever no C compiler is found. The library is built with $CC (else `cc`) for this machine's processor
+(-march=native, or the target that $GLORO_MARCH names, e.g. x86-64-v3 for AVX2 without AVX-512), in about
+a second, into the data cache folder (~/.cache/gloro-bench) under a name keyed by the sources, the compiler,
+the flags and the processor, so a home folder shared by different machines never loads a build made for
+another.
 GLORO_NATIVE=0 turns it off.
 """
 

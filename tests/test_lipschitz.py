@@ -55,9 +55,10 @@ def test_conv_power_iteration_and_sound_bound_match_exact_norm(case, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(case=conv_cases, seed=st.integers(0, 2**16))
-def test_gathered_columns_are_the_conv_and_its_adjoint(case, seed):
-    """The im2col operator is conv2d, and one column step is AᵀAx / ‖AᵀAx‖ with Aᵀ = conv_transpose2d."""
+@given(case=conv_cases, seed=st.integers(0, 2**16), path=st.sampled_from(["columns", "convolutions"]))
+def test_gathered_columns_are_the_conv_and_its_adjoint(case, seed, path):
+    """The im2col operator is conv2d, and one step of either PyTorch path is AᵀAx / ‖AᵀAx‖ with
+    Aᵀ = conv_transpose2d."""
     c_in, c_out, kernel, stride, padding, height, width = case
     torch.manual_seed(seed)
     layer = nn.Conv2d(c_in, c_out, kernel, stride, padding).double().to(memory_format=torch.channels_last)
@@ -67,7 +68,7 @@ def test_gathered_columns_are_the_conv_and_its_adjoint(case, seed):
     y = F.conv2d(x, layer.weight, None, stride, padding)
     assert torch.allclose(bound.operator(x, layer.weight).view_as(y), y)
     back = F.conv_transpose2d(y, layer.weight, None, stride, padding, bound.output_padding)
-    bound.advance(layer.weight.detach(), 1)
+    bound.advance(layer.weight.detach(), 1, path)
     assert torch.allclose(bound.iterate, back / back.norm())
 
 

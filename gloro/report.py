@@ -23,6 +23,7 @@ from gloro.run_files import ReportFiles, RunReports, stage_files
 
 PUBLISHED_METHODS = {"gloro": "GloRo", "gloro_trades": "GloRo-T", "kw": "KW", "bcp": "BCP"}
 TABLE1_METRICS = ("clean", "pgd", "vra")
+UNSTEADY_LOW, UNSTEADY_HIGH = 0.85, 1.15  # a cost ratio whose spread leaves ±15% is not printed as one number
 BASELINES = tuple(label for name in methods() if name != "gloro" for label in get_method(name).labels)  # KW, BCP
 
 
@@ -67,7 +68,12 @@ def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
         "best_on_test_vra": best.get("vra"),
         "best_on_test_clean_accuracy": best.get("clean_accuracy"),
         "first_epoch_sec": cost["first_epoch_seconds"],
-        "sec_per_epoch": cost["later_epochs_mean_seconds"] or cost["first_epoch_seconds"],
+        # the median later epoch: one slow moment of the machine does not move it (older runs: the mean)
+        "sec_per_epoch": (
+            cost.get("later_epochs_median_seconds") or cost["later_epochs_mean_seconds"] or cost["first_epoch_seconds"]
+        ),
+        "sec_per_epoch_min": cost.get("later_epochs_min_seconds"),
+        "sec_per_epoch_max": cost.get("later_epochs_max_seconds"),
         "train_examples": train["data"]["examples"],
         "train_images_per_second": cost["later_epochs_images_per_second"],
         "peak_mem_mb": cost["peak_mem_mb"],
@@ -192,6 +198,7 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
         row["autoattack"] = None if autoattack is None or pd.isna(autoattack) else 100 * float(autoattack)
         row["autoattack_note"] = autoattack_note(run) if row["autoattack"] is not None else None
         row["sec_per_epoch"] = float(run["sec_per_epoch"])
+        row["sec_per_epoch_min"], row["sec_per_epoch_max"] = epoch_range(run) or (None, None)
         row["train_examples"] = int(run["train_examples"])
         row["peak_mem_mb"] = run["peak_mem_mb"]
         row["peak_mem_source"] = run["peak_mem_source"]
@@ -207,6 +214,8 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
         gloro_per_image = float(gloro["sec_per_epoch"]) / int(gloro["train_examples"]) if measured else None
         per_image = row["sec_per_epoch"] / row["train_examples"] if measured else None
         row["gloro_time_ratio"] = gloro_per_image / per_image if measured else None
+        spread = ratio_range(gloro, row) if measured else None
+        row["gloro_time_ratio_low"], row["gloro_time_ratio_high"] = spread or (None, None)
         row["gloro_mem_ratio"] = float(gloro["peak_mem_mb"]) / float(row["peak_mem_mb"]) if measured else None
         row["note"] = row.pop("autoattack_note")
     planned = set()
@@ -232,6 +241,25 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
+def epoch_range(run: Mapping) -> tuple[float, float] | None:
+    """A run's fastest and slowest later epoch in seconds, or None where it had fewer than two of them."""
+    low, high = run.get("sec_per_epoch_min"), run.get("sec_per_epoch_max")
+    if low is None or high is None or pd.isna(low) or pd.isna(high) or not 0 < low < high:
+        return None
+    return float(low), float(high)
+
+
+def ratio_range(gloro: Mapping, row: Mapping) -> tuple[float, float] | None:
+    """How far "GloRo time ÷ this" can move with the epochs each side took: GloRo's fastest over the row's
+    slowest to GloRo's slowest over the row's fastest (per training image). The two sides are different jobs,
+    so this spread, not one number, is what the machine measured; None where a side had no spread to show."""
+    ours, theirs = epoch_range(gloro), epoch_range(row)
+    if ours is None or theirs is None:
+        return None
+    scale = row["train_examples"] / int(gloro["train_examples"])
+    return ours[0] / theirs[1] * scale, ours[1] / theirs[0] * scale
+
+
 def unmeasured_row(published: pd.DataFrame, key: tuple, epsilon: float, method: str, note: str) -> dict:
     """A Table 1 row with no measurement: the published numbers at the setting, and why nothing was measured."""
     row = {"dataset": key[0], "epsilon": epsilon, "architecture": key[2], "method": method, "note": note}
@@ -252,13 +280,17 @@ TABLE1_COLUMNS = [
     "certifier",
     *(f"{metric}{suffix}" for metric in TABLE1_METRICS for suffix in ("", "_reported", "_source", "_diff")),
     "autoattack",  # ℓ2 AutoAttack accuracy in percent, where the run measured it (evaluation.autoattack)
-    "sec_per_epoch",
+    "sec_per_epoch",  # the median later epoch
+    "sec_per_epoch_min",  # the fastest later epoch (None with fewer than two)
+    "sec_per_epoch_max",  # the slowest
     "train_examples",
     "peak_mem_mb",
     "peak_mem_source",
     "cert_ms_per_point",
     "rounding_cost",  # points of the global certificate's VRA given up to the rounding allowance
     "gloro_time_ratio",
+    "gloro_time_ratio_low",  # the ratio's spread with the epochs each side took; see ratio_range
+    "gloro_time_ratio_high",
     "gloro_mem_ratio",
     "note",
 ]
@@ -319,6 +351,15 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
     def ratio(value):
         return "" if value is None or pd.isna(value) else f"{significant(value)}×"
 
+    def time_ratio(value, low, high):
+        """The ratio with its spread; a spread beyond ±15% of it says the run was too short to measure it."""
+        if any(v is None or pd.isna(v) for v in (value, low, high)):
+            return ratio(value)
+        text = f"{significant(low)}–{significant(high)}×"
+        if low < UNSTEADY_LOW * value or high > UNSTEADY_HIGH * value:
+            return f"unsteady: {text}"
+        return f"{ratio(value)} ({text})"
+
     view = pd.DataFrame(
         {
             "Data set": table["dataset"],
@@ -333,7 +374,9 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
             "Peak MB": ["" if pd.isna(v) else f"{v:.0f}" for v in table["peak_mem_mb"]],
             "Cert. ms/point": [significant(v) for v in table["cert_ms_per_point"]],
             "Rounding pts": ["" if pd.isna(v) else f"{v:.2f}" for v in table["rounding_cost"]],
-            "GloRo time ÷ this": [ratio(v) for v in table["gloro_time_ratio"]],
+            "GloRo time ÷ this": [
+                time_ratio(*values) for values in zip(*(table[f"gloro_time_ratio{e}"] for e in ("", "_low", "_high")))
+            ],
             "GloRo memory ÷ this": [ratio(v) for v in table["gloro_mem_ratio"]],
             "Note": ["" if pd.isna(v) else v for v in table["note"]],
         }
@@ -386,7 +429,11 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
     """One line under the table: where and when it was measured, and what the parentheses and ratios mean."""
     sources = "published numbers in parentheses (sources in table1.csv)"
     memory = "peak memory: CUDA max allocated on a GPU, the job's peak RSS on the CPU"
-    ratios = "ratios: GloRo's training seconds per image and peak memory over the baseline's, same run and machine"
+    ratios = (
+        "ratios: GloRo's training seconds per image (median later epoch; in parentheses from its fastest and "
+        "slowest epochs against the baseline's, 'unsteady' where that spread leaves ±15%) and peak memory over "
+        "the baseline's, same run and machine"
+    )
     rounding = (
         "rounding pts: how far the global certificate's VRA on that row's net lies below its VRA ignoring "
         "floating-point rounding, the price of certificates that hold for the net as it computes"

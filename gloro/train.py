@@ -5,6 +5,7 @@ augmentations, per-epoch history with the cost of training, and optional best-ev
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -363,7 +364,8 @@ def train_epoch(
 
 def training_cost(history: Sequence[dict]) -> dict:
     """The cost of a run from its history: the first epoch apart (it includes one-off warm-up: allocator,
-    kernel selection, lazy initialisation), the mean of the later epochs as the steady-state cost.
+    kernel selection, lazy initialisation), the later epochs as the steady-state cost: their mean, and their
+    median, fastest and slowest, which say how far a slow moment of the machine moved it.
 
     later_epochs_* are None for a one-epoch run. peak_mem_mb is the largest per-epoch peak (on the CPU,
     the process's lifetime peak RSS, which includes whatever ran before training).
@@ -377,6 +379,9 @@ def training_cost(history: Sequence[dict]) -> dict:
         "total_seconds": sum(row["seconds"] for row in history),
         "first_epoch_seconds": history[0]["seconds"],
         "later_epochs_mean_seconds": sum(row["seconds"] for row in later) / len(later) if later else None,
+        "later_epochs_median_seconds": statistics.median(row["seconds"] for row in later) if later else None,
+        "later_epochs_min_seconds": min(row["seconds"] for row in later) if later else None,
+        "later_epochs_max_seconds": max(row["seconds"] for row in later) if later else None,
         "later_epochs_images_per_second": (
             sum(row["images_per_second"] for row in later) / len(later) if later else None
         ),

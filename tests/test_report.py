@@ -75,3 +75,31 @@ def test_long_notes_become_numbered_footnotes_and_short_ones_stay():
     shortened, footnotes = report.with_footnotes(view)
     assert shortened["Note"].tolist() == ["not run [1]", "short", ""]
     assert footnotes == ["not run: " + "x" * 40]
+
+
+def table1_cost_row(**values) -> dict:
+    row = {column: None for column in report.TABLE1_COLUMNS}
+    row.update(dataset="digits", epsilon=0.3, architecture="2C2F", method="KW", clean=88.0, pgd=78.0, vra=74.0)
+    return {**row, "sec_per_epoch": 1.2, "peak_mem_mb": 783.0, "cert_ms_per_point": 1.5, **values}
+
+
+@pytest.mark.parametrize(
+    ("ratio", "low", "high", "text"),
+    [
+        (0.076, 0.07, 0.082, "0.076× (0.070–0.082×)"),  # within ±15%: the number, and its spread
+        (0.076, 0.05, 0.09, "unsteady: 0.050–0.090×"),  # beyond: too short a run to give one number
+        (0.076, None, None, "0.076×"),  # one later epoch a side: no spread to show
+    ],
+)
+def test_the_time_ratio_is_printed_with_its_spread_or_as_unsteady(ratio, low, high, text):
+    row = table1_cost_row(gloro_time_ratio=ratio, gloro_time_ratio_low=low, gloro_time_ratio_high=high)
+    view = report.table1_view(pd.DataFrame([row], columns=report.TABLE1_COLUMNS))
+    assert view["GloRo time ÷ this"].tolist() == [text]
+
+
+def test_the_time_ratios_spread_pairs_each_sides_fastest_with_the_others_slowest_per_image():
+    gloro = {"sec_per_epoch_min": 0.09, "sec_per_epoch_max": 0.12, "train_examples": 1000}
+    kw = {"sec_per_epoch_min": 1.1, "sec_per_epoch_max": 1.5, "train_examples": 500}
+    low, high = report.ratio_range(gloro, kw)
+    assert low == pytest.approx(0.09 / 1000 / (1.5 / 500)) and high == pytest.approx(0.12 / 1000 / (1.1 / 500))
+    assert report.ratio_range(gloro, {**kw, "sec_per_epoch_max": None}) is None  # one later epoch: no spread

@@ -44,10 +44,14 @@ def test_history_rows_carry_the_cost_of_training(digits):
     assert cost["epochs"] == 3 and cost["first_epoch_seconds"] == history[0]["seconds"]
     assert cost["later_epochs_mean_seconds"] == pytest.approx((history[1]["seconds"] + history[2]["seconds"]) / 2)
     assert cost["later_epochs_images_per_second"] > 0
+    later = sorted(row["seconds"] for row in history[1:])
+    assert (cost["later_epochs_min_seconds"], cost["later_epochs_max_seconds"]) == (later[0], later[-1])
+    assert cost["later_epochs_median_seconds"] == pytest.approx(sum(later) / 2)  # two later epochs
     assert cost["total_seconds"] == pytest.approx(sum(row["seconds"] for row in history))
     assert cost["peak_mem_mb"] == max(peaks)
     single = training_cost(history[:1])
     assert single["later_epochs_mean_seconds"] is None and single["later_epochs_images_per_second"] is None
+    assert single["later_epochs_median_seconds"] is None and single["later_epochs_min_seconds"] is None
     with pytest.raises(ValueError, match="no epochs"):
         training_cost([])
 

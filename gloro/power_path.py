@@ -4,7 +4,7 @@ The power iteration can advance an iterate through the compiled loop (`gloro.nat
 gathered columns, or convolutions; which is fastest depends on the processor's vector width, the BLAS, the
 thread count and the operator's shape, not on the machine where the code was written. `choose` times each
 path an operator has, interleaved, and keeps the fastest: per process, and in a file in the cache folder
-named by this machine's processor, torch build, instruction-set limits, compiled target and thread count, so
+named by this machine's processor, torch build, instruction-set limits, compiled build and thread count, so
 that a machine measures each operator once and then always takes the same path (the paths' results differ
 only in rounding; runs on one machine stay repeatable). $GLORO_POWER_PATH names a path to take wherever
 an operator has it.
@@ -34,16 +34,24 @@ _chosen: dict[str, str] = {}  # signature → path, for this process
 
 
 def machine() -> str:
-    """What decides which path is fastest, besides the operator: processor, torch, ISA limits, target, threads."""
+    """What decides which path is fastest, besides the operator: processor, torch, ISA limits, the compiled
+    library's build, threads."""
     parts = (
         native.processor(),
         torch.__version__,
         torch.backends.cpu.get_cpu_capability(),
         os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-        " ".join(native.flags()) if native.library() is not None else "no compiled library",
+        library_build(),
         f"threads={torch.get_num_threads()}",
     )
     return "\0".join(parts)
+
+
+def library_build() -> str:
+    """The compiled library's file name, which names its sources, compiler, flags and processor: a changed
+    C loop is timed afresh rather than judged by an older build's speed."""
+    library = native.library()
+    return Path(library._name).name if library is not None else "no compiled library"
 
 
 def choices_file() -> Path:

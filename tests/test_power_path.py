@@ -50,6 +50,11 @@ def test_a_machine_of_another_kind_measures_afresh(fresh_choices, monkeypatch):
     before = power_path.choices_file()
     monkeypatch.setattr(native, "processor", lambda: "another processor")
     assert power_path.choices_file() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(native, "cache_dir", lambda: fresh_choices)
+    assert power_path.choices_file() == before
+    monkeypatch.setattr(power_path, "library_build", lambda: "gloro-native-from-changed-sources.so")
+    assert power_path.choices_file() != before  # a changed C loop is timed afresh
 
 
 def test_the_override_is_taken_where_the_operator_has_it_and_a_typo_is_an_error(fresh_choices, monkeypatch):

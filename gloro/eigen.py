@@ -17,6 +17,15 @@ import math
 import torch
 
 SUBSET_MIN_SIZE = 64  # below this, the whole spectrum costs no more than the call itself
+# Below this many flops SciPy's BLAS runs on the calling thread alone: OpenBLAS's idle workers spin for about
+# 0.1 s after a call (OPENBLAS_THREAD_TIMEOUT), taking a core from PyTorch's threads, which costs more than a
+# second thread saves on a small product (a digits epoch after the per-epoch certificate: 0.05 s became 0.11 s).
+PARALLEL_MIN_FLOPS = 1e9
+
+
+def blas_threads(flops: float) -> int:
+    """How many BLAS threads a SciPy call of `flops` floating-point operations gets: torch's count or one."""
+    return torch.get_num_threads() if flops >= PARALLEL_MIN_FLOPS else 1
 
 
 @functools.cache
@@ -31,7 +40,7 @@ def _blas_threads():
 def largest_eigenvalues(stack: torch.Tensor) -> torch.Tensor:
     """λ_max of each Hermitian matrix in a (..., n, n) stack (its lower triangle is read), in its real dtype,
     on its device. One CPU matrix of n ≥ `SUBSET_MIN_SIZE` is solved for its top eigenvalue alone, with as
-    many BLAS threads as torch uses."""
+    many BLAS threads as torch uses where it is large enough to gain from them (`blas_threads`)."""
     n = stack.shape[-1]
     one_large = stack.device.type == "cpu" and stack.numel() == n * n and n >= SUBSET_MIN_SIZE
     # a finite sum has no NaN or infinite term: LAPACK is never asked about those (torch then raises or says NaN)
@@ -40,7 +49,7 @@ def largest_eigenvalues(stack: torch.Tensor) -> torch.Tensor:
     import scipy.linalg
 
     matrix = stack.detach().reshape(n, n).resolve_conj().numpy()
-    with _blas_threads().limit(limits=torch.get_num_threads(), user_api="blas"):
+    with _blas_threads().limit(limits=blas_threads(4 / 3 * n**3), user_api="blas"):  # tridiagonal reduction
         (top,) = scipy.linalg.eigh(
             matrix, lower=True, eigvals_only=True, subset_by_index=(n - 1, n - 1), driver="evr", check_finite=False
         )
@@ -59,7 +68,7 @@ def gram_lower(part: torch.Tensor, minus_from: torch.Tensor | None = None) -> to
 
     syrk = blas.dsyrk if part.dtype == torch.float64 else blas.ssyrk
     rows = part.detach().numpy().T  # Fortran-ordered columns, as BLAS takes them: no copy when `part` is contiguous
-    with _blas_threads().limit(limits=torch.get_num_threads(), user_api="blas"):
+    with _blas_threads().limit(limits=blas_threads(len(part) ** 2 * part.shape[-1]), user_api="blas"):
         if minus_from is None:
             lower = syrk(1.0, rows, trans=1, lower=1)
         else:

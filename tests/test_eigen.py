@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gloro import eigen
 from gloro.eigen import SUBSET_MIN_SIZE, gram_lower, largest_eigenvalues
 from gloro.outward import spectral_norm_upper
 
@@ -93,3 +94,22 @@ def test_a_large_single_matrix_keeps_its_spectral_norm_bound_tight():
     exact = float(torch.linalg.svdvals(matrix)[0])
     bound = spectral_norm_upper(matrix)
     assert exact <= bound <= exact * (1 + 1e-9)
+
+
+def test_small_blas_calls_stay_on_the_calling_thread_and_large_ones_take_torchs_threads(monkeypatch):
+    # OpenBLAS's workers spin after a call and take cores from PyTorch's threads: only large work gains from them
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert eigen.blas_threads(4 / 3 * 100**3) == 1  # a 2C2F's dense layer
+    assert eigen.blas_threads(eigen.PARALLEL_MIN_FLOPS) == 4
+    seen = []
+    controller = eigen._blas_threads()
+    original = controller.limit
+
+    def limit(*, limits, user_api):
+        seen.append(limits)
+        return original(limits=limits, user_api=user_api)
+
+    monkeypatch.setattr(controller, "limit", limit)
+    eigen.largest_eigenvalues(torch.eye(100, dtype=torch.float64))
+    eigen.gram_lower(torch.ones(100, 128))
+    assert seen == [1, 1]

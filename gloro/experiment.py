@@ -35,9 +35,10 @@ from gloro.checkpoint import load, save
 from gloro.data import Split, Subset, load_dataset
 from gloro.evaluate import certification_report, certify_all
 from gloro.gloro_net import GloroNet
-from gloro.methods import get_method
-from gloro.run_files import AttackFiles, BoundsFiles, CertifyFiles, TrainFiles, stage_files
+from gloro.methods import COST_REFERENCE, get_method
+from gloro.run_files import AttackFiles, BoundsFiles, CertifyFiles, StepCostFiles, TrainFiles, stage_files
 from gloro.schedules import SCHEDULES, schedule_from_config, schedule_to_config
+from gloro.step_cost import steady_cost
 from gloro.tightness import global_tightness
 from gloro.train import TrainingRecipe, finished_epochs, train
 
@@ -243,23 +244,7 @@ def train_experiment(
     provenance, cost) at `files` (or under their standard names in a folder)."""
     files = stage_files(TrainFiles, files)
     train_split = data.load(experiment, "train", progress)
-    torch.manual_seed(experiment.seed)
-    model = create_model(
-        experiment.architecture,
-        train_split.shape,
-        train_split.num_classes,
-        activation=experiment.activation,
-        init=experiment.init,
-        seed=experiment.seed,
-    )
-    recipe = experiment.recipe()
-    net = GloroNet(
-        model,
-        recipe.epsilon(0),
-        eval_epsilon=experiment.eval_epsilon,
-        power_iterations=experiment.power_iterations,
-        seed=experiment.seed,
-    )
+    net, recipe = new_net(experiment, train_split), experiment.recipe()
     test_split = data.load(experiment, "test", progress)
     scratch, warmup_file = files.scratch, files.warmup
     start = time.perf_counter()
@@ -315,6 +300,70 @@ def train_experiment(
     write_json(files.summary, summary)
     scratch.unlink(missing_ok=True)
     warmup_file.unlink(missing_ok=True)
+    return summary
+
+
+def new_net(experiment: Experiment, split: Split) -> GloroNet:
+    """The experiment's net as training starts: its architecture for `split`'s shape and classes, initialised
+    from its seed, at its first epoch's ε."""
+    torch.manual_seed(experiment.seed)
+    model = create_model(
+        experiment.architecture,
+        split.shape,
+        split.num_classes,
+        activation=experiment.activation,
+        init=experiment.init,
+        seed=experiment.seed,
+    )
+    return GloroNet(
+        model,
+        experiment.recipe().epsilon(0),
+        eval_epsilon=experiment.eval_epsilon,
+        power_iterations=experiment.power_iterations,
+        seed=experiment.seed,
+    )
+
+
+def cost_reference(name: str, experiments: Mapping[str, Mapping]) -> str | None:
+    """The experiment whose training time Table 1 divides by this one's (`COST_REFERENCE`, GloRo, on the same
+    data set, architecture and ε, run in this config; the first by name), or None: none, or this is one."""
+    this = Experiment.from_config(name, experiments[name])
+    if this.label == COST_REFERENCE:
+        return None
+    for other, settings in sorted(experiments.items()):
+        candidate = Experiment.from_config(other, settings)
+        same = (candidate.dataset, candidate.architecture, round(float(candidate.eval_epsilon), 3)) == (
+            this.dataset,
+            this.architecture,
+            round(float(this.eval_epsilon), 3),
+        )
+        if same and candidate.label == COST_REFERENCE and not candidate.not_run:
+            return other
+    return None
+
+
+def step_cost_experiment(
+    experiment: Experiment,
+    files: StepCostFiles | str | os.PathLike,
+    data: DataOptions,
+    device: torch.device,
+    reference: Experiment | None = None,
+) -> dict:
+    """Time the trained net's training step past the noise (`gloro.step_cost`: the seconds per epoch that Table 1
+    prints), beside a fresh net of the `reference` experiment on the same batches and in the same rounds when
+    one is given (its step costs the same whatever its weights; a baseline's does not, hence the trained net),
+    and write the timings at `files`."""
+    files = stage_files(StepCostFiles, files)
+    train_split = data.load(experiment, "train")
+    net, _ = load_for_evaluation(experiment, files.model, device)
+    versus = None if reference is None else (reference.name, new_net(reference, train_split), reference.recipe())
+    images, labels = train_split.float_images(), train_split.labels
+    summary = {
+        "experiment": experiment.name,
+        **steady_cost(net, experiment.recipe(), images, labels, device=device, reference=versus),
+        "provenance": provenance(device),
+    }
+    write_json(files.report, summary)
     return summary
 
 

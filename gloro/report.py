@@ -18,8 +18,9 @@ import pandas as pd
 
 from gloro.atomic import atomic_path, write_text
 from gloro.evaluate import radius_label
-from gloro.methods import get_method, methods
+from gloro.methods import COST_REFERENCE, get_method, methods
 from gloro.run_files import ReportFiles, RunReports, stage_files
+from gloro.step_cost import ROUND_SECONDS, ROUNDS
 
 PUBLISHED_METHODS = {"gloro": "GloRo", "gloro_trades": "GloRo-T", "kw": "KW", "bcp": "BCP"}
 TABLE1_METRICS = ("clean", "pgd", "vra")
@@ -34,6 +35,9 @@ def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
     attack = json.loads(files.attack.read_text())
     history = pd.read_csv(files.history)
     experiment, cost, best = train["experiment"], train["cost"], train["best_on_test"] or {}
+    steps = json.loads(files.steps.read_text()) if files.steps.is_file() else {}  # older run folders lack it
+    reference = steps.get("reference") or {}
+    training_epoch = cost.get("later_epochs_median_seconds") or cost["later_epochs_mean_seconds"]
     audit, audits, certified = attack["audit"], attack["audits"], certify["global"]
     method = get_method(experiment["method"])
     row = {
@@ -68,12 +72,16 @@ def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
         "best_on_test_vra": best.get("vra"),
         "best_on_test_clean_accuracy": best.get("clean_accuracy"),
         "first_epoch_sec": cost["first_epoch_seconds"],
-        # the median later epoch: one slow moment of the machine does not move it (older runs: the mean)
-        "sec_per_epoch": (
-            cost.get("later_epochs_median_seconds") or cost["later_epochs_mean_seconds"] or cost["first_epoch_seconds"]
-        ),
-        "sec_per_epoch_min": cost.get("later_epochs_min_seconds"),
-        "sec_per_epoch_max": cost.get("later_epochs_max_seconds"),
+        # the training step timed past the noise (steps.json); where a run folder lacks it, training's median
+        # later epoch (older runs: the mean)
+        "sec_per_epoch": steps.get("seconds_per_epoch") or training_epoch or cost["first_epoch_seconds"],
+        "sec_per_epoch_min": steps.get("seconds_per_epoch_min"),
+        "sec_per_epoch_max": steps.get("seconds_per_epoch_max"),
+        "sec_per_epoch_in_training": training_epoch,
+        "time_ratio_reference": reference.get("experiment"),
+        "reference_time_ratio": reference.get("time_ratio"),
+        "reference_time_ratio_low": reference.get("time_ratio_low"),
+        "reference_time_ratio_high": reference.get("time_ratio_high"),
         "train_examples": train["data"]["examples"],
         "train_images_per_second": cost["later_epochs_images_per_second"],
         "peak_mem_mb": cost["peak_mem_mb"],
@@ -198,7 +206,10 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
         row["autoattack"] = None if autoattack is None or pd.isna(autoattack) else 100 * float(autoattack)
         row["autoattack_note"] = autoattack_note(run) if row["autoattack"] is not None else None
         row["sec_per_epoch"] = float(run["sec_per_epoch"])
-        row["sec_per_epoch_min"], row["sec_per_epoch_max"] = epoch_range(run) or (None, None)
+        row["sec_per_epoch_min"], row["sec_per_epoch_max"] = run.get("sec_per_epoch_min"), run.get("sec_per_epoch_max")
+        # GloRo's training time over this row's: both steps timed on the same batches in this row's job
+        for suffix in ("", "_low", "_high"):
+            row[f"gloro_time_ratio{suffix}"] = number_or_none(run.get(f"reference_time_ratio{suffix}"))
         row["train_examples"] = int(run["train_examples"])
         row["peak_mem_mb"] = run["peak_mem_mb"]
         row["peak_mem_source"] = run["peak_mem_source"]
@@ -208,14 +219,8 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
         row["rounding_cost"] = 100 * (float(ignoring) - float(run["global_vra"])) if measured_cost else None
         rows.append(row)
     for row in rows:
-        gloro = settings[(row["dataset"], round(float(row["epsilon"]), 3), row["architecture"])].get("GloRo")
-        measured = row["method"] in BASELINES and gloro is not None
-        # per training image, so that a baseline trained on a smaller subset compares fairly
-        gloro_per_image = float(gloro["sec_per_epoch"]) / int(gloro["train_examples"]) if measured else None
-        per_image = row["sec_per_epoch"] / row["train_examples"] if measured else None
-        row["gloro_time_ratio"] = gloro_per_image / per_image if measured else None
-        spread = ratio_range(gloro, row) if measured else None
-        row["gloro_time_ratio_low"], row["gloro_time_ratio_high"] = spread or (None, None)
+        gloro = settings[(row["dataset"], round(float(row["epsilon"]), 3), row["architecture"])].get(COST_REFERENCE)
+        measured = row["method"] != COST_REFERENCE and gloro is not None
         row["gloro_mem_ratio"] = float(gloro["peak_mem_mb"]) / float(row["peak_mem_mb"]) if measured else None
         row["note"] = row.pop("autoattack_note")
     planned = set()
@@ -241,23 +246,9 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
-def epoch_range(run: Mapping) -> tuple[float, float] | None:
-    """A run's fastest and slowest later epoch in seconds, or None where it had fewer than two of them."""
-    low, high = run.get("sec_per_epoch_min"), run.get("sec_per_epoch_max")
-    if low is None or high is None or pd.isna(low) or pd.isna(high) or not 0 < low < high:
-        return None
-    return float(low), float(high)
-
-
-def ratio_range(gloro: Mapping, row: Mapping) -> tuple[float, float] | None:
-    """How far "GloRo time ÷ this" can move with the epochs each side took: GloRo's fastest over the row's
-    slowest to GloRo's slowest over the row's fastest (per training image). The two sides are different jobs,
-    so this spread, not one number, is what the machine measured; None where a side had no spread to show."""
-    ours, theirs = epoch_range(gloro), epoch_range(row)
-    if ours is None or theirs is None:
-        return None
-    scale = row["train_examples"] / int(gloro["train_examples"])
-    return ours[0] / theirs[1] * scale, ours[1] / theirs[0] * scale
+def number_or_none(value) -> float | None:
+    """A float, or None for a missing or NaN cell."""
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def unmeasured_row(published: pd.DataFrame, key: tuple, epsilon: float, method: str, note: str) -> dict:
@@ -429,16 +420,20 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
     """One line under the table: where and when it was measured, and what the parentheses and ratios mean."""
     sources = "published numbers in parentheses (sources in table1.csv)"
     memory = "peak memory: CUDA max allocated on a GPU, the job's peak RSS on the CPU"
+    seconds = (
+        "s/epoch: the trained net's training step timed after training, alone on the job's cores, repeated past "
+        f"{ROUND_SECONDS:g} s a round over {ROUNDS} rounds, median round, times the training set's size"
+    )
     ratios = (
-        "ratios: GloRo's training seconds per image (median later epoch; in parentheses from its fastest and "
-        "slowest epochs against the baseline's, 'unsteady' where that spread leaves ±15%) and peak memory over "
-        "the baseline's, same run and machine"
+        "time ratio: GloRo's step over this row's per training image, both timed on the same batches in "
+        "interleaved rounds of one job (median round; in parentheses the lowest and highest round, 'unsteady' "
+        "where they leave ±15%); memory ratio: GloRo's peak over this row's, same run and machine"
     )
     rounding = (
         "rounding pts: how far the global certificate's VRA on that row's net lies below its VRA ignoring "
         "floating-point rounding, the price of certificates that hold for the net as it computes"
     )
-    return f"Table 1, measured {measured_on(runs, date)}; {sources}; {memory}; {ratios}; {rounding}."
+    return f"Table 1, measured {measured_on(runs, date)}; {sources}; {seconds}; {memory}; {ratios}; {rounding}."
 
 
 def published_cell(published: pd.DataFrame, key: tuple, method: str, metric: str):

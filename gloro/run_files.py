@@ -88,6 +88,16 @@ class BoundsFiles(StageFiles):
 
 
 @dataclass(frozen=True)
+class StepCostFiles(StageFiles):
+    model: Path
+    report: Path  # steps.json
+
+    @classmethod
+    def standard_names(cls) -> dict[str, str]:
+        return {"model": "model.pt", "report": "steps.json"}
+
+
+@dataclass(frozen=True)
 class RunReports(StageFiles):
     """What the report reads of one experiment: every stage's summary and the training history."""
 
@@ -96,11 +106,12 @@ class RunReports(StageFiles):
     certify: Path
     attack: Path
     bounds: Path
+    steps: Path
 
     @classmethod
     def standard_names(cls) -> dict[str, str]:
         names = {"train": "train.json", "history": "history.csv", "certify": "certify.json"}
-        return {**names, "attack": "attack.json", "bounds": "bounds.json"}
+        return {**names, "attack": "attack.json", "bounds": "bounds.json", "steps": "steps.json"}
 
 
 Files = TypeVar("Files", bound=StageFiles)

@@ -159,8 +159,7 @@ def train(
         )
     device = torch.device(device)
     net.to(device).train()
-    # convex-adversarial views activations flat, so KW trains in the contiguous layout
-    memory_format = torch.contiguous_format if recipe.loss == "kw" else preferred_memory_format(net)
+    memory_format = training_memory_format(net, recipe)
     net.model.to(memory_format=memory_format)
     optimizer = make_optimizer(net, recipe)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -348,18 +347,33 @@ def train_epoch(
             x = images[batch].to(device, non_blocking=True)
             x = augment(x, generator).contiguous(memory_format=memory_format)
             y = labels[batch].to(device, non_blocking=True)
-            loss, clean, robust_points = batch_objective(net, x, y, recipe, lam, kappa)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad_norm)
-            optimizer.step()
-            with torch.no_grad():
-                loss_sum += float(loss) * len(y)
-                correct += float((clean.argmax(1) == y).sum())
-                robust += float(robust_points.sum())
+            batch_loss, batch_correct, batch_robust = train_batch(net, x, y, optimizer, recipe, lam, kappa)
+            loss_sum += batch_loss
+            correct += batch_correct
+            robust += batch_robust
     n = len(labels)
     return {"loss": loss_sum / n, "clean_accuracy": correct / n, "vra": robust / n}
+
+
+def train_batch(
+    net: GloroNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    recipe: TrainingRecipe,
+    lam: float,
+    kappa: float,
+) -> tuple[float, float, float]:
+    """One optimizer step on one batch; returns the batch's summed loss, and its counts of correct and robust
+    points (by the training bound)."""
+    loss, clean, robust_points = batch_objective(net, x, y, recipe, lam, kappa)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if recipe.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip_grad_norm)
+    optimizer.step()
+    with torch.no_grad():
+        return float(loss) * len(y), float((clean.argmax(1) == y).sum()), float(robust_points.sum())
 
 
 def training_cost(history: Sequence[dict]) -> dict:
@@ -413,6 +427,12 @@ def peak_memory_mb(device: torch.device) -> tuple[float | None, str | None]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
     return peak * bytes_per_unit / 2**20, "cpu_process_max_rss"
+
+
+def training_memory_format(net: GloroNet, recipe: TrainingRecipe) -> torch.memory_format:
+    """The layout `net` trains in under `recipe`: convex-adversarial views activations flat, so KW trains
+    contiguous; the others take `preferred_memory_format`."""
+    return torch.contiguous_format if recipe.loss == "kw" else preferred_memory_format(net)
 
 
 def preferred_memory_format(net: GloroNet) -> torch.memory_format:

@@ -87,7 +87,8 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
             counts[parts[0]] = int(parts[1])
     # GloRo and GloRo-T at four settings, KW at two, BCP at three
     expected = {"all": 1, "attack": 13, "bounds": 13, "certify": 13, "report": 1, "train": 13, "prepare_data": 3}
-    assert counts == {**expected, "total": 57}  # mnist, cifar10 and tiny-imagenet are each prepared once
+    expected["time_steps"] = 13  # each trained net's step, timed beside GloRo's
+    assert counts == {**expected, "total": 70}  # mnist, cifar10 and tiny-imagenet are each prepared once
     jobs = snakemake("-n", "--configfile", "config/paper.yaml", "--config", cache)
     assert jobs.returncode == 0, jobs.stderr
     for baseline in ("mnist_1_58_kw", "mnist_1_58_bcp", "cifar10_36_kw", "cifar10_36_bcp", "tiny_imagenet_36_bcp"):
@@ -159,13 +160,18 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert not (results / "runs" / "tiny_bcp_4c3f").exists()
     table = table[table["note"].isna()]
     assert sorted(table["method"]) == ["BCP", "GloRo", "GloRo-T", "KW"] and table["vra"].notna().all()
-    baselines = table.set_index("method").loc[["KW", "BCP"]]
+    baselines = table.set_index("method").loc[["KW", "BCP", "GloRo-T"]]
     gloro_row = table.set_index("method").loc["GloRo"]
-    per_image = baselines["sec_per_epoch"] / baselines["train_examples"]  # KW trained on 200 images, the rest 400
-    assert baselines["train_examples"].tolist() == [200, 400]
-    expected_ratio = gloro_row["sec_per_epoch"] / gloro_row["train_examples"] / per_image
-    assert (baselines["gloro_time_ratio"] - expected_ratio).abs().max() < 1e-12  # measured in this run
+    assert baselines["train_examples"].tolist() == [200, 400, 400]  # KW trained on 200 images, the rest 400
+    for experiment, row in zip(baselines["experiment"], baselines.itertuples(), strict=True):
+        steps = json.loads((results / "runs" / experiment / "steps.json").read_text())
+        timed = steps["reference"]  # GloRo's step beside this one's, on the same batches, in the same job
+        assert timed["experiment"] == gloro_row["experiment"]
+        assert row.gloro_time_ratio == timed["time_ratio"]
+        assert row.gloro_time_ratio_low <= row.gloro_time_ratio <= row.gloro_time_ratio_high
+        assert row.sec_per_epoch == pytest.approx(steps["seconds_per_epoch"])
     assert baselines["gloro_mem_ratio"].gt(0).all() and pd.isna(gloro_row["gloro_time_ratio"])
+    assert "reference" not in json.loads((results / "runs" / gloro_row["experiment"] / "steps.json").read_text())
     markdown = (results / "tables" / "table1.md").read_text()
     assert "| KW |" in markdown and "×" in markdown and "Table 1, measured" in markdown
     assert not re.search(r"\d\.\d{5,}", markdown.split("Table 1, measured")[0])  # no raw floats in the cells
@@ -315,4 +321,4 @@ def test_the_test_config_passes_the_linter_and_a_dry_run():
     assert findings or linted.returncode == 0, linted.stderr[-2000:]
     dry = snakemake("-n", "--configfile", ".test/config/config.yaml", "--quiet", "rules")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert re.search(r"^total\s+11$", dry.stdout, flags=re.MULTILINE)  # 2 experiments × 4 rules, data, report, all
+    assert re.search(r"^total\s+13$", dry.stdout, flags=re.MULTILINE)  # 2 experiments × 5 rules, data, report, all

@@ -97,9 +97,26 @@ def test_the_time_ratio_is_printed_with_its_spread_or_as_unsteady(ratio, low, hi
     assert view["GloRo time ÷ this"].tolist() == [text]
 
 
-def test_the_time_ratios_spread_pairs_each_sides_fastest_with_the_others_slowest_per_image():
-    gloro = {"sec_per_epoch_min": 0.09, "sec_per_epoch_max": 0.12, "train_examples": 1000}
-    kw = {"sec_per_epoch_min": 1.1, "sec_per_epoch_max": 1.5, "train_examples": 500}
-    low, high = report.ratio_range(gloro, kw)
-    assert low == pytest.approx(0.09 / 1000 / (1.5 / 500)) and high == pytest.approx(0.12 / 1000 / (1.1 / 500))
-    assert report.ratio_range(gloro, {**kw, "sec_per_epoch_max": None}) is None  # one later epoch: no spread
+def test_the_time_ratio_is_the_one_timed_in_the_rows_own_job_not_one_from_two_jobs_epochs():
+    def run(method, seconds, ratio=None):
+        row = dict(dataset="digits", eval_epsilon=0.3, architecture="2C2F", method=method, experiment=method)
+        row.update(certifier="global", clean_accuracy=0.9, pgd_accuracy=0.8, vra=0.7, train_examples=1000)
+        row.update(sec_per_epoch=seconds, sec_per_epoch_min=seconds, sec_per_epoch_max=seconds, peak_mem_mb=400.0)
+        row.update(peak_mem_source="cpu_process_max_rss", cert_sec_per_point=1e-5)
+        spread = (None, None, None) if ratio is None else (ratio, 0.9 * ratio, 1.1 * ratio)
+        return row | dict(
+            zip(("reference_time_ratio", "reference_time_ratio_low", "reference_time_ratio_high"), spread)
+        )
+
+    runs = pd.DataFrame([run("GloRo", 0.1), run("KW", 1.0, ratio=0.03), run("GloRo-T", 0.12, ratio=0.9)])
+    published = pd.DataFrame(
+        columns=["dataset", "epsilon", "architecture", "method", "metric", "value_percent", "source"]
+    )
+    table = report.table1(runs, published).set_index("method")
+    assert table.loc["KW", "gloro_time_ratio"] == 0.03  # not 0.1 / 1.0 from the two jobs' epochs
+    assert (table.loc["KW", "gloro_time_ratio_low"], table.loc["KW", "gloro_time_ratio_high"]) == (
+        0.9 * 0.03,
+        1.1 * 0.03,
+    )
+    assert table.loc["GloRo-T", "gloro_time_ratio"] == 0.9 and pd.isna(table.loc["GloRo", "gloro_time_ratio"])
+    assert table.loc["KW", "gloro_mem_ratio"] == 1.0 and pd.isna(table.loc["GloRo", "gloro_mem_ratio"])

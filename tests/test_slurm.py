@@ -193,7 +193,7 @@ def slurm_job_of(rule: str, experiment: str) -> str | None:
     return None
 
 
-ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in ("train", "certify", "attack", "bounds"))]
+ONE_THREAD = ["--set-threads", *(f"{rule}=1" for rule in ("train", "time_steps", "certify", "attack", "bounds"))]
 
 
 def snakemake(*args: str) -> subprocess.CompletedProcess:
@@ -246,7 +246,7 @@ def test_the_digits_experiments_run_through_slurm_as_they_run_here(slurm_cluster
     output = (tmp_path / "snakemake-slurm.log").read_text()
     assert run.returncode == 0, output[-4000:]
     calls = [line for line in output.splitlines() if "sbatch call:" in line]
-    assert len(calls) == output.count("submitted with SLURM jobid") >= 17  # 4 × 4 jobs, a retry, the report
+    assert len(calls) == output.count("submitted with SLURM jobid") >= 22  # 4 × 5 jobs, a retry, the report
     assert not [call for call in calls if "--gpus" in call or "--gres" in call]  # device: cpu asks for no GPU
     assert all(" -p cpu" in call for call in calls)  # the config's cpu partition, for every job
 

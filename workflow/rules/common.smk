@@ -4,7 +4,7 @@ import shlex
 import sys
 
 from gloro.data import cache_file, dataset_available, datasets
-from gloro.experiment import Experiment
+from gloro.experiment import Experiment, cost_reference
 
 
 LEFT_OUT = {}  # experiment -> data set, for those selected_experiments leaves out for want of their data
@@ -55,6 +55,12 @@ def not_run_experiments(config):
 def experiment_settings(wildcards):
     """The config entry of one experiment, as the rule scripts receive it."""
     return config["experiments"][wildcards.experiment]
+
+
+def cost_reference_settings(wildcards):
+    """{name: config entry} of the experiment whose training time Table 1 divides by this one's; {} for none."""
+    name = cost_reference(wildcards.experiment, config["experiments"])
+    return {} if name is None else {name: config["experiments"][name]}
 
 
 def data_file(dataset, split):

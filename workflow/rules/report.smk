@@ -6,6 +6,7 @@ rule report:
         certify=expand(rules.certify.output.report, experiment=EXPERIMENTS),
         attack=expand(rules.attack.output.report, experiment=EXPERIMENTS),
         bounds=expand(rules.bounds.output.report, experiment=EXPERIMENTS),
+        steps=expand(rules.time_steps.output.report, experiment=EXPERIMENTS),
         published=workflow.source_path("../resources/published.csv"),
     output:
         runs=report(f"{RESULTS}/tables/runs.csv", caption="../report/runs.rst", category="Tables"),

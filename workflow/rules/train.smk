@@ -26,3 +26,27 @@ rule train:
         slurm_partition=MODEL_PARTITION,
     script:
         "../scripts/train.py"
+
+
+rule time_steps:
+    """Time the trained net's training step past the noise, beside the cost reference's (GloRo's) on the same
+    batches in the same job: Table 1's s/epoch and its time ratio. Alone on the job's cores, like training."""
+    input:
+        model=rules.train.output.model,
+        train_data=experiment_data("train"),
+    output:
+        report=f"{run_dir()}/steps.json",
+    params:
+        settings=experiment_settings,
+        reference=cost_reference_settings,
+        data=DATA_OPTIONS,
+        device=config["device"],
+    log:
+        f"{RESULTS}/logs/time_steps/{{experiment}}.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        gpu=GPU,
+        slurm_partition=MODEL_PARTITION,
+    script:
+        "../scripts/time_steps.py"

@@ -8,14 +8,15 @@ from gloro.run_files import ReportFiles, RunReports
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     inputs = snakemake.input
     reports = {
-        name: RunReports(train=train, history=history, certify=certify, attack=attack, bounds=bounds)
-        for name, train, history, certify, attack, bounds in zip(
+        name: RunReports(train=train, history=history, certify=certify, attack=attack, bounds=bounds, steps=steps)
+        for name, train, history, certify, attack, bounds, steps in zip(
             snakemake.params.experiments,
             inputs.train,
             inputs.history,
             inputs.certify,
             inputs.attack,
             inputs.bounds,
+            inputs.steps,
             strict=True,
         )
     }

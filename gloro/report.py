@@ -389,7 +389,8 @@ def cost_caption(runs: pd.DataFrame, date: str) -> str:
         f"Certification cost, measured {measured_on(runs, date)}: the global and local certificates on the same "
         "test points (local: per-point Lipschitz bounds; only local: points it certifies and the global one does "
         "not), and throughput over the whole test split, certifying (forward pass and certificate) against the "
-        "plain forward pass of the same batches."
+        "plain forward pass of the same batches, in interleaved rounds (certify ÷ forward: the ratio of their "
+        "medians, which moves far less between runs than either rate: the rates follow the machine's speed)."
     )
 
 
@@ -422,7 +423,8 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
     memory = "peak memory: CUDA max allocated on a GPU, the job's peak RSS on the CPU"
     seconds = (
         "s/epoch: the trained net's training step timed after training, alone on the job's cores, repeated past "
-        f"{ROUND_SECONDS:g} s a round over {ROUNDS} rounds, median round, times the training set's size"
+        f"{ROUND_SECONDS:g} s a round over {ROUNDS} rounds, median round, times the training set's size (seconds "
+        "follow the machine's speed during the job; the ratios, timed side by side, move far less)"
     )
     ratios = (
         "time ratio: GloRo's step over this row's per training image, both timed on the same batches in "

@@ -18,14 +18,12 @@ import pandas as pd
 
 from gloro.atomic import atomic_path, write_text
 from gloro.evaluate import radius_label
-from gloro.methods import COST_REFERENCE, get_method, methods
+from gloro.methods import COST_REFERENCE, get_method, methods, table_labels
 from gloro.run_files import ReportFiles, RunReports, stage_files
 from gloro.step_cost import ROUND_SECONDS, ROUNDS
 
-PUBLISHED_METHODS = {"gloro": "GloRo", "gloro_trades": "GloRo-T", "kw": "KW", "bcp": "BCP"}
 TABLE1_METRICS = ("clean", "pgd", "vra")
 UNSTEADY_LOW, UNSTEADY_HIGH = 0.85, 1.15  # a cost ratio whose spread leaves ±15% is not printed as one number
-BASELINES = tuple(label for name in methods() if name != "gloro" for label in get_method(name).labels)  # KW, BCP
 
 
 def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
@@ -179,7 +177,7 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
     config gets a row that says so, and so does each experiment in `not_run` (name → config entry, with
     its `not_run` reason)."""
     published = published.assign(
-        method=published["method"].map(PUBLISHED_METHODS), eps_key=published["epsilon"].round(3)
+        method=published["method"].map(published_labels()), eps_key=published["epsilon"].round(3)
     )
     rows = []
     settings: dict[tuple, dict] = {}
@@ -232,18 +230,40 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
         note = f"not run: {entry['not_run']}"
         rows.append(unmeasured_row(published, key, entry["eval_epsilon"], label, note) | {"experiment": name})
     for key in sorted(settings):
-        for method in BASELINES:
+        for method in baseline_labels():
             if method in settings[key] or (key, method) in planned:
                 continue
             if all(published_cell(published, key, method, metric) is None for metric in TABLE1_METRICS):
                 continue
             note = f"no {method} experiment at this setting in the config: published numbers only"
             rows.append(unmeasured_row(published, key, key[1], method, note))
-    order = {"GloRo": 0, "GloRo-T": 1, "KW": 2, "BCP": 3}
+    order = {label: position for position, label in enumerate(table_labels())}
     rows.sort(
-        key=lambda row: (row["dataset"], round(float(row["epsilon"]), 3), row["architecture"], order[row["method"]])
+        key=lambda row: (
+            row["dataset"],
+            round(float(row["epsilon"]), 3),
+            row["architecture"],
+            order.get(row["method"], len(order)),  # a label no registered method gives (an older run's): last
+            row["method"],
+        )
     )
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+
+
+def published_labels() -> dict[str, str]:
+    """workflow/resources/published.csv's method keys (gloro, gloro_trades, kw, bcp) → table labels."""
+    return {
+        get_method(name).published_key(loss): get_method(name).label(loss)
+        for name in methods()
+        for loss in get_method(name).losses
+    }
+
+
+def baseline_labels() -> tuple[str, ...]:
+    """The labels of every method but the cost reference's (KW, BCP): where the config runs none of them at a
+    setting with published numbers, Table 1 adds a row with those numbers alone."""
+    own = next(get_method(name).labels for name in methods() if COST_REFERENCE in get_method(name).labels)
+    return tuple(label for label in table_labels() if label not in own)
 
 
 def number_or_none(value) -> float | None:

@@ -18,7 +18,14 @@ from gloro.data.augment import augmentation
 from gloro.gloro_net import GloroNet
 from gloro.layout import matching_gradients
 from gloro.timing import interleaved_rounds
-from gloro.train import TrainingRecipe, make_optimizer, synchronize, train_batch, training_memory_format
+from gloro.train import (
+    TrainingRecipe,
+    epoch_values,
+    make_optimizer,
+    synchronize,
+    train_batch,
+    training_memory_format,
+)
 
 ROUND_SECONDS = 0.2  # each side's steps in one round run at least this long
 ROUNDS = 5  # rounds per side: the median and the spread come from these
@@ -28,7 +35,7 @@ BATCH_SEED = 0  # the same shuffle for every side, so that sides of equal batch 
 
 class SteadySteps:
     """Training steps of a copy of `net` (the net itself is untouched) under `recipe` at `epoch`'s schedules
-    (ε, learning rate, λ, κ) on the full batches of one seeded shuffle of `images`: a call takes one step on
+    (ε, learning rate, its method's) on the full batches of one seeded shuffle of `images`: a call takes one step on
     each of the first `batches` of them, and waits for the device before it returns."""
 
     def __init__(
@@ -51,7 +58,7 @@ class SteadySteps:
         self.optimizer = make_optimizer(self.net, recipe)
         for group in self.optimizer.param_groups:
             group["lr"] = recipe.learning_rate(epoch)
-        self.recipe, self.lam, self.kappa = recipe, recipe.trades_lambda(epoch), recipe.kappa(epoch)
+        self.recipe, self.values = recipe, epoch_values(recipe, epoch)
         self.images, self.labels = images, labels
         self.generator = torch.Generator().manual_seed(BATCH_SEED)
         self.augment = augmentation(recipe.augmentation)
@@ -71,7 +78,7 @@ class SteadySteps:
                 x = self.images[batch].to(self.device, non_blocking=True)
                 x = self.augment(x, self.generator).contiguous(memory_format=self.memory_format)
                 y = self.labels[batch].to(self.device, non_blocking=True)
-                train_batch(self.net, x, y, self.optimizer, self.recipe, self.lam, self.kappa)
+                train_batch(self.net, x, y, self.optimizer, self.recipe, self.values)
         synchronize(self.device)
 
 

@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,12 +19,10 @@ from tqdm.auto import tqdm
 
 from gloro.atomic import torch_save
 from gloro.certify import create_certifier
-from gloro.certify.bcp import bcp_loss
-from gloro.certify.kw import kw_loss
 from gloro.data.augment import Augmentation, augmentation, augmentations, no_augmentation
 from gloro.gloro_net import GloroNet
 from gloro.layout import matching_gradients
-from gloro.losses import gloro_cross_entropy, gloro_trades
+from gloro.methods import get_method, method_for_loss, methods, training_losses
 from gloro.schedules import Constant, Schedule
 
 try:
@@ -32,9 +30,7 @@ try:
 except ImportError:  # not on Windows: peak memory on the CPU is then not recorded
     resource = None
 
-# gloro, trades: the GloRo and GloRo-T losses; clean: plain CE on the wrapped model's logits (warm-up);
-# kw, bcp: the baselines' robust objectives (gloro.certify.kw and gloro.certify.bcp)
-LOSSES = ("gloro", "trades", "clean", "kw", "bcp")
+WARMUP_LOSS = "clean"  # plain cross-entropy on the wrapped model's logits: the CIFAR recipe's warm-up
 OPTIMIZERS = ("adam", "sgd")
 BEST_SELECTION = "the epoch with the highest eval_vra (the first on ties); the paper's code selected on the test set"
 
@@ -77,8 +73,8 @@ class TrainingRecipe:
             raise ValueError(f"clip_grad_norm must be > 0 (or None), got {self.clip_grad_norm}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss != WARMUP_LOSS and self.loss not in training_losses():
+            raise ValueError(f"loss must be one of {(*training_losses(), WARMUP_LOSS)}, got {self.loss!r}")
         if self.augmentation not in augmentations():
             raise ValueError(f"unknown augmentation {self.augmentation!r}; known: {', '.join(augmentations())}")
 
@@ -168,7 +164,7 @@ def train(
     first = resume(scratch, recipe, net, optimizer, generator, history) if scratch is not None else 0
     epochs = tqdm(range(first, recipe.epochs), desc="training", unit="epoch", disable=not progress)
     for epoch in epochs:
-        lr, lam, kappa = recipe.learning_rate(epoch), recipe.trades_lambda(epoch), recipe.kappa(epoch)
+        lr, values = recipe.learning_rate(epoch), epoch_values(recipe, epoch)
         if recipe.epsilon is not None:
             net.epsilon = recipe.epsilon(epoch)
         for group in optimizer.param_groups:
@@ -177,7 +173,7 @@ def train(
         synchronize(device)
         start = time.perf_counter()
         totals = train_epoch(
-            net, images, labels, optimizer, recipe, lam, generator, device, memory_format, augment=augment, kappa=kappa
+            net, images, labels, optimizer, recipe, values, generator, device, memory_format, augment=augment
         )
         synchronize(device)
         seconds = time.perf_counter() - start
@@ -186,8 +182,8 @@ def train(
             "epoch": epoch,
             **totals,
             "epsilon": net.epsilon,
-            "lambda": lam if recipe.loss == "trades" else None,
-            "kappa": kappa if recipe.loss == "bcp" else None,
+            **dict.fromkeys(schedule_columns()),
+            **values,
             "lr": lr,
             "seconds": seconds,
             "images_per_second": len(labels) / seconds,
@@ -256,21 +252,24 @@ def certified_metrics(certifier, net: GloroNet, images, labels, epsilon: float |
 
 
 def batch_objective(
-    net: GloroNet, x: torch.Tensor, y: torch.Tensor, recipe: TrainingRecipe, lam: float, kappa: float
+    net: GloroNet, x: torch.Tensor, y: torch.Tensor, recipe: TrainingRecipe, values: Mapping[str, float]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The recipe's loss on one batch, the clean logits, and which points are robust by the training bound."""
-    if recipe.loss == "kw":
-        return kw_loss(net, x, y, net.epsilon, recipe.kw_projections)
-    if recipe.loss == "bcp":
-        return bcp_loss(net, x, y, net.epsilon, kappa, recipe.bcp_solver_iterations)
-    logits = net(x)
-    if recipe.loss == "gloro":
-        loss = gloro_cross_entropy(logits, y)
-    elif recipe.loss == "clean":
-        loss = F.cross_entropy(logits[:, :-1], y)
-    else:
-        loss = gloro_trades(logits, y, lam, recipe.trades_robust_term)
-    return loss, logits[:, :-1], logits.argmax(1) == y
+    """The recipe's loss on one batch, the clean logits, and which points are robust by the training bound:
+    its method's objective (`gloro.methods`), or plain cross-entropy for the warm-up."""
+    if recipe.loss == WARMUP_LOSS:
+        logits = net(x)
+        return F.cross_entropy(logits[:, :-1], y), logits[:, :-1], logits.argmax(1) == y
+    return method_for_loss(recipe.loss).objective(net, x, y, recipe, values)
+
+
+def epoch_values(recipe: TrainingRecipe, epoch: int) -> dict[str, float]:
+    """The recipe's method's schedules at `epoch` (none for the warm-up)."""
+    return {} if recipe.loss == WARMUP_LOSS else method_for_loss(recipe.loss).epoch_values(recipe, epoch)
+
+
+def schedule_columns() -> list[str]:
+    """Every registered method's schedule columns: each history row has them all, None where not its own."""
+    return list(dict.fromkeys(column for name in methods() for column in get_method(name).schedule_columns))
 
 
 def save_scratch(path, recipe, net, optimizer, generator, history: TrainingHistory) -> None:
@@ -329,13 +328,12 @@ def train_epoch(
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     recipe: TrainingRecipe,
-    lam: float,
+    values: Mapping[str, float],
     generator: torch.Generator,
     device: str | torch.device,
     memory_format: torch.memory_format = torch.contiguous_format,
     *,
     augment: Augmentation = no_augmentation,
-    kappa: float = 0.0,
 ) -> dict:
     """One pass over a seeded shuffle, each batch augmented on `device` with the same generator; returns
     the mean loss, clean accuracy and VRA over the (augmented) batches.
@@ -347,7 +345,7 @@ def train_epoch(
             x = images[batch].to(device, non_blocking=True)
             x = augment(x, generator).contiguous(memory_format=memory_format)
             y = labels[batch].to(device, non_blocking=True)
-            batch_loss, batch_correct, batch_robust = train_batch(net, x, y, optimizer, recipe, lam, kappa)
+            batch_loss, batch_correct, batch_robust = train_batch(net, x, y, optimizer, recipe, values)
             loss_sum += batch_loss
             correct += batch_correct
             robust += batch_robust
@@ -361,12 +359,11 @@ def train_batch(
     y: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     recipe: TrainingRecipe,
-    lam: float,
-    kappa: float,
+    values: Mapping[str, float],
 ) -> tuple[float, float, float]:
     """One optimizer step on one batch; returns the batch's summed loss, and its counts of correct and robust
     points (by the training bound)."""
-    loss, clean, robust_points = batch_objective(net, x, y, recipe, lam, kappa)
+    loss, clean, robust_points = batch_objective(net, x, y, recipe, values)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if recipe.clip_grad_norm is not None:
@@ -430,9 +427,10 @@ def peak_memory_mb(device: torch.device) -> tuple[float | None, str | None]:
 
 
 def training_memory_format(net: GloroNet, recipe: TrainingRecipe) -> torch.memory_format:
-    """The layout `net` trains in under `recipe`: convex-adversarial views activations flat, so KW trains
-    contiguous; the others take `preferred_memory_format`."""
-    return torch.contiguous_format if recipe.loss == "kw" else preferred_memory_format(net)
+    """The layout `net` trains in under `recipe`: the one its method needs (KW: contiguous, since
+    convex-adversarial views activations flat), else `preferred_memory_format`."""
+    needed = None if recipe.loss == WARMUP_LOSS else method_for_loss(recipe.loss).memory_format(net)
+    return preferred_memory_format(net) if needed is None else needed
 
 
 def preferred_memory_format(net: GloroNet) -> torch.memory_format:

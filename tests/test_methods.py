@@ -130,3 +130,73 @@ def test_optimizer_settings_are_checked():
         "ok", {**SETTINGS, "train_epsilon": 0.3, "epochs": 1, "optimizer": {"kind": "sgd", "momentum": 0.9}}
     )
     assert sgd.recipe().optimizer == "sgd" and sgd.recipe().momentum == 0.9
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The method registry, restored after the test: a method registered in it is gone afterwards."""
+    from gloro.methods import registry as module
+
+    monkeypatch.setattr(module, "_METHODS", dict(module._METHODS))
+    return module
+
+
+def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_without_editing_gloro(registry):
+    """The extension point: a `Method` subclass in the user's own module, found by name by the config, the
+    training loop (its schedule recorded in the history) and the table order."""
+    import gloro
+    from gloro.data import load_digits
+    from gloro.methods import Method, register_method, table_labels
+
+    calls = []
+
+    @register_method
+    class TemperedCrossEntropy(Method):
+        name = "tempered"
+        losses = ("tempered_ce",)
+        labels = ("Tempered",)
+        certifier = "global"
+        order = 50
+        schedule_columns = ("temperature",)
+
+        def epoch_values(self, recipe, epoch):
+            return {"temperature": 1.0 + epoch}
+
+        def objective(self, net, x, y, recipe, values):
+            calls.append(values["temperature"])
+            logits = net(x)
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1] / values["temperature"], y)
+            return loss, logits[:, :-1], logits.argmax(1) == y
+
+    experiment = Experiment.from_config("t", {**SETTINGS, "train_epsilon": 0.3, "epochs": 2, "method": "tempered"})
+    assert experiment.loss == "tempered_ce" and experiment.label == "Tempered" and experiment.certifiers == ("global",)
+    assert table_labels().index("Tempered") == table_labels().index("BCP") + 1  # order 50: after the built-ins
+    x, y = load_digits("train")
+    net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=0), 0.3, seed=0)
+    history = gloro.train(net, x[:256], y[:256], experiment.recipe(), progress=False)
+    assert calls == [1.0] * 4 + [2.0] * 4  # four batches of 64 an epoch, each at its epoch's temperature
+    assert [row["temperature"] for row in history] == [1.0, 2.0]
+    assert all(row["kappa"] is None and row["lambda"] is None for row in history)  # the others' columns stay
+
+
+def test_a_method_that_contradicts_the_registry_is_refused(registry):
+    from gloro.methods import Method, register_method
+
+    class Clash(Method):
+        name, losses, labels, certifier = "clash", ("trades",), ("Clash",), "global"
+
+    with pytest.raises(ValueError, match=r"losses \['trades'\] already belong to 'gloro'"):
+        register_method(Clash)
+
+    class Unlabelled(Method):
+        name, losses, labels, certifier = "unlabelled", ("a", "b"), ("A",), "global"
+
+    with pytest.raises(ValueError, match="one table label per loss"):
+        register_method(Unlabelled)
+
+    class Nameless(Method):
+        losses, labels, certifier = ("x",), ("X",), "global"
+
+    with pytest.raises(TypeError, match="must set name"):
+        register_method(Nameless)
+    assert "clash" not in registry.methods() and "unlabelled" not in registry.methods()

@@ -161,18 +161,6 @@ def bcp_margins(
     return logits, margins.scatter(1, classes[:, None], 0.0)
 
 
-def bcp_loss(
-    net: GloroNet, x: torch.Tensor, labels: torch.Tensor, epsilon: float, kappa: float, solver_iterations: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The BCP objective κ·CE(z, y) + (1 − κ)·CE(z̲, y), z̲ the worst-case margins; returns (loss, clean
-    logits, per-point robust mask: correct and certified by the training bound)."""
-    logits, margins = bcp_margins(net, x, labels, epsilon, sound=False, solver_iterations=solver_iterations)
-    loss = kappa * F.cross_entropy(logits, labels) + (1 - kappa) * F.cross_entropy(margins, labels)
-    with torch.no_grad():
-        robust = margins.scatter(1, labels[:, None], float("-inf")).amax(1) < 0
-    return loss, logits, robust
-
-
 @register_certifier
 class BcpCertifier(Certifier):
     """The BCP certificate of a net's predictions at ε: every other class's margin bounded below zero."""

@@ -14,7 +14,6 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gloro.certify.base import Certifier, certified_with_rounding
@@ -67,19 +66,6 @@ def kw_margins(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="convex_adversarial")
         return library.RobustBounds(model, float(epsilon), **options)(x, classes)
-
-
-def kw_loss(
-    net: GloroNet, x: torch.Tensor, labels: torch.Tensor, epsilon: float, projections: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The KW robust cross-entropy CE(−J(x), y) (the authors' training objective); returns (loss, clean
-    logits, per-point robust mask by the training bound)."""
-    net.check_input(x)
-    margins = kw_margins(net.model, x, labels, epsilon, projections)
-    with torch.no_grad():
-        logits = net.model(x)
-        robust = margins.scatter(1, labels[:, None], float("-inf")).amax(1) < 0
-    return F.cross_entropy(margins, labels), logits, robust
 
 
 @register_certifier

@@ -1,0 +1,27 @@
+"""Training methods by name (`@register_method`, `get_method`, `methods`): GloRo and GloRo-T, and the
+baselines KW and BCP. A method of your own is a `Method` subclass registered the same way (docs/methods.md)."""
+
+from gloro.methods import bcp, gloro, kw  # noqa: F401 - registers the built-in methods
+from gloro.methods.base import Method, Objective
+from gloro.methods.registry import (
+    get_method,
+    method_for_loss,
+    methods,
+    register_method,
+    table_labels,
+    training_losses,
+)
+
+COST_REFERENCE = "GloRo"  # Table 1 divides this label's training time and memory by every other row's
+
+__all__ = [
+    "COST_REFERENCE",
+    "Method",
+    "Objective",
+    "get_method",
+    "method_for_loss",
+    "methods",
+    "register_method",
+    "table_labels",
+    "training_losses",
+]

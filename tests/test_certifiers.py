@@ -291,3 +291,34 @@ def test_the_audit_fails_a_planted_certificate_without_radii(trained, tmp_path):
     honest = create_certifier("bcp")(net, x, EPSILON)
     summary = audit_soundness(net, x, certificate=honest, steps=20, restarts=1, progress=False)
     assert summary["certifier"] == "bcp" and summary["violations"] == 0 and summary["certified"] > 100
+
+
+def test_compared_certifiers_are_timed_side_by_side_and_a_slow_one_runs_once(trained, monkeypatch):
+    """The time ratios of the certification cost table: quick certifiers in interleaved rounds (each round
+    the same stretch of the machine for every side), a slow one in one call; the certificates are unchanged."""
+    from gloro.certify import compare
+
+    net, (x, y) = trained
+    calls = {}
+    original = gloro.certify.base.Certifier.__call__
+
+    def counted(self, *args, **kwargs):
+        calls[self.name] = calls.get(self.name, 0) + 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(gloro.certify.base.Certifier, "__call__", counted)
+    rows = {
+        row["certifier"]: row for row in compare.compare_certifiers(net, x[:60], y[:60], EPSILON, ["global", "local"])
+    }
+    assert rows["global"]["time_over_first"] == 1.0 and rows["local"]["timed_side_by_side"]
+    assert calls["global"] >= 1 + 3 and calls["local"] >= 1 + 3  # one call each, then at least three rounds
+    assert calls["global"] >= calls["local"]  # the quicker one as often, or repeated within each round
+    assert rows["local"]["certified_not_by_first"] >= 0 and rows["local"]["vra"] >= rows["global"]["vra"]
+
+    calls.clear()
+    monkeypatch.setattr(compare, "SIDE_BY_SIDE_SECONDS", 0.0)  # every certifier counts as slow
+    rows = {
+        row["certifier"]: row for row in compare.compare_certifiers(net, x[:60], y[:60], EPSILON, ["global", "local"])
+    }
+    assert calls == {"global": 1, "local": 1} and not rows["local"]["timed_side_by_side"]
+    assert rows["local"]["time_over_first"] == pytest.approx(rows["local"]["seconds"] / rows["global"]["seconds"])

@@ -1,4 +1,5 @@
-"""Command line: `gloro demo` trains, certifies and attacks a GloRo Net on scikit-learn's digits."""
+"""Command line: `gloro demo` trains, certifies and attacks a GloRo Net on scikit-learn's digits; `gloro methods`
+lists the training methods a config can name, with their options."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from gloro.cpu_memory import keep_freed_memory
 from gloro.data import DIGITS_DIVISOR, load_digits
 from gloro.evaluate import evaluate
 from gloro.gloro_net import GloroNet
+from gloro.methods import get_method, methods
+from gloro.methods.options import describe_options
+from gloro.plugins import load_plugins
 from gloro.schedules import DecayAfterHalf
 from gloro.train import TrainingRecipe, train
 
@@ -59,6 +63,21 @@ def demo(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
+def list_methods(args: argparse.Namespace) -> int:
+    """Each registered method (the built-in ones and those of `--plugin` modules): losses and their table
+    labels, certifier, reference and options."""
+    load_plugins(args.plugin)
+    for name in methods():
+        method = get_method(name)
+        losses = ", ".join(f"{loss} ({label})" for loss, label in zip(method.losses, method.labels, strict=True))
+        print(
+            f"{name}: losses {losses}; certified by {method.certifier}"
+            + (f"; {method.reference}" * bool(method.reference))
+        )
+        print("  options: " + describe_options(method.options_class).replace("\n", "\n           "))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(prog="gloro", description=__doc__)
     commands = main_parser.add_subparsers(dest="command", required=True)
@@ -72,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", default="results/demo/digits_2c2f.pt")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=demo)
+    listing = commands.add_parser("methods", help="the training methods a config can name, with their options")
+    listing.add_argument("--plugin", action="append", default=[], help="a module or .py file to import first")
+    listing.set_defaults(handler=list_methods)
     return main_parser
 
 

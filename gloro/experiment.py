@@ -35,7 +35,8 @@ from gloro.checkpoint import load, save
 from gloro.data import Split, Subset, load_dataset
 from gloro.evaluate import certification_report, certify_all
 from gloro.gloro_net import GloroNet
-from gloro.methods import COST_REFERENCE, get_method
+from gloro.methods import COST_REFERENCE, get_method, methods
+from gloro.methods.options import option_names, options_to_config
 from gloro.run_files import AttackFiles, BoundsFiles, CertifyFiles, StepCostFiles, TrainFiles, stage_files
 from gloro.schedules import SCHEDULES, schedule_from_config, schedule_to_config
 from gloro.step_cost import steady_cost
@@ -57,8 +58,7 @@ class Experiment:
     init: str = "glorot_uniform"
     method: str = "gloro"
     loss: str | None = None  # the method's default loss (gloro for GloRo)
-    trades_lambda: float | dict = 1.0
-    trades_robust_term: str = "ce"
+    options: dict = field(default_factory=dict)  # the method's own settings (its options_class), by name
     warmup_epochs: int = 0
     batch_size: int = 256
     learning_rate: float | dict = 1e-3
@@ -67,9 +67,6 @@ class Experiment:
     seed: int = 0
     when_available: bool = False
     subset: dict = field(default_factory=dict)
-    kappa: float | dict | None = None
-    kw_projections: int | None = None
-    bcp_solver_iterations: int | None = None
     certifiers: tuple[str, ...] | None = None
     eval_points: int | None = None
     eval_every: int = 1
@@ -85,12 +82,12 @@ class Experiment:
                 f"experiment {self.name!r}: method {self.method!r} trains with loss {' or '.join(method.losses)}, "
                 f"not {self.loss!r}"
             )
-        owners = {"kappa": "bcp", "bcp_solver_iterations": "bcp", "kw_projections": "kw"}
-        for key, owner in owners.items():
-            if getattr(self, key) is not None and self.method != owner:
-                raise ValueError(
-                    f"experiment {self.name!r}: {key} is a {owner} option, but its method is {self.method!r}"
-                )
+        try:
+            method.make_options(self.options)
+        except ValueError as error:
+            owners = [name for name in methods() if set(self.options or {}) & set(option_names(get_method(name)))]
+            elsewhere = f" (options of {', '.join(owners)})" if owners and self.method not in owners else ""
+            raise ValueError(f"experiment {self.name!r}: {error}{elsewhere}") from error
         certifiers = (method.certifier,) if self.certifiers is None else tuple(self.certifiers)
         known = list_certifiers()
         if unknown := [name for name in certifiers if name not in known]:
@@ -116,7 +113,12 @@ class Experiment:
         """Build from a config entry; an unknown or missing key raises naming it."""
         known = {f.name for f in fields(cls)} - {"name"}
         if unknown := set(settings) - known:
-            raise ValueError(f"experiment {name!r}: unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
+            method = get_method(settings.get("method", "gloro"))
+            hint = f"; a method's own settings go under options: ({method.name}'s: {', '.join(option_names(method))})"
+            raise ValueError(
+                f"experiment {name!r}: unknown keys {sorted(unknown)}; known keys: {sorted(known)}"
+                + (hint if option_names(method) else "")
+            )
         try:
             return cls(name=name, **{key: value for key, value in settings.items() if value is not None})
         except TypeError as error:
@@ -130,13 +132,9 @@ class Experiment:
             learning_rate=schedule_from_config(self.learning_rate),
             epsilon=schedule_from_config(self.train_epsilon),
             loss=self.loss,
-            trades_lambda=schedule_from_config(self.trades_lambda),
-            trades_robust_term=self.trades_robust_term,
+            options=get_method(self.method).make_options(self.options),
             augmentation=self.augmentation,
             seed=self.seed,
-            kappa=schedule_from_config(0.0 if self.kappa is None else self.kappa),
-            kw_projections=self.kw_projections,
-            bcp_solver_iterations=10 if self.bcp_solver_iterations is None else self.bcp_solver_iterations,
             adam_epsilon=get_method(self.method).adam_epsilon,
             **optimizer_settings(self.name, self.optimizer),
         )
@@ -220,6 +218,8 @@ def recipe_settings(recipe: TrainingRecipe) -> dict:
     settings = {}
     for item in fields(recipe):
         value = getattr(recipe, item.name)
+        if item.name == "options":
+            value = options_to_config(value)
         settings[item.name] = schedule_to_config(value) if isinstance(value, tuple(SCHEDULES.values())) else value
     return settings
 

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from gloro.data.augment import Augmentation, augmentation, augmentations, no_aug
 from gloro.gloro_net import GloroNet
 from gloro.layout import matching_gradients
 from gloro.methods import get_method, method_for_loss, methods, training_losses
+from gloro.methods.options import NoOptions
 from gloro.schedules import Constant, Schedule
 
 try:
@@ -38,11 +40,10 @@ BEST_SELECTION = "the epoch with the highest eval_vra (the first on ties); the p
 @dataclass(frozen=True)
 class TrainingRecipe:
     """What the paper's scripts vary between runs. `epsilon=None` keeps the net's current ε throughout;
-    `augmentation` names a `gloro.data.augmentation`, applied to training batches only. `kappa` weighs BCP's
-    clean cross-entropy against its robust one; `kw_projections` is KW's number of random projections in
-    training (None: the exact dual); `bcp_solver_iterations` bounds BCP's last-layer solve; `adam_epsilon`
-    is Adam's ε (Keras' 1e-7 for GloRo, PyTorch's 1e-8 for the baselines' PyTorch code). `optimizer` is
-    'adam' or 'sgd' (with `momentum`); `weight_decay` is PyTorch's (L2 added to the gradient), and
+    `augmentation` names a `gloro.data.augmentation`, applied to training batches only. `options` are the
+    loss's method's own settings (its `options_class`; None: its defaults); `adam_epsilon` is Adam's ε
+    (Keras' 1e-7 for GloRo, PyTorch's 1e-8 for the baselines' PyTorch code). `optimizer` is 'adam' or 'sgd'
+    (with `momentum`); `weight_decay` is PyTorch's (L2 added to the gradient), and
     `clip_grad_norm` clips the gradient's global norm before each step (KW's CIFAR recipe: SGD, 0.9, 5e-4, 1).
     """
 
@@ -51,13 +52,9 @@ class TrainingRecipe:
     learning_rate: Schedule = field(default_factory=lambda: Constant(1e-3))
     epsilon: Schedule | None = None
     loss: str = "gloro"
-    trades_lambda: Schedule = field(default_factory=lambda: Constant(1.0))
-    trades_robust_term: str = "ce"
+    options: Any = None
     seed: int = 0
     augmentation: str = "none"
-    kappa: Schedule = field(default_factory=lambda: Constant(0.0))
-    kw_projections: int | None = None
-    bcp_solver_iterations: int = 10
     adam_epsilon: float = 1e-7
     optimizer: str = "adam"
     momentum: float = 0.0
@@ -75,6 +72,11 @@ class TrainingRecipe:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if self.loss != WARMUP_LOSS and self.loss not in training_losses():
             raise ValueError(f"loss must be one of {(*training_losses(), WARMUP_LOSS)}, got {self.loss!r}")
+        expected = NoOptions if self.loss == WARMUP_LOSS else method_for_loss(self.loss).options_class
+        if self.options is None:
+            object.__setattr__(self, "options", expected())
+        elif not isinstance(self.options, expected):
+            raise TypeError(f"loss {self.loss!r} takes options {expected.__name__}, got {type(self.options).__name__}")
         if self.augmentation not in augmentations():
             raise ValueError(f"unknown augmentation {self.augmentation!r}; known: {', '.join(augmentations())}")
 

@@ -23,7 +23,7 @@ BASELINES = {
     "kw": {"train_epsilon": {"kind": "linear", "start": 0.01, "end": 0.3, "epochs": 4}, "epochs": 6},
     "bcp": {
         "train_epsilon": {"kind": "linear", "start": 0.0, "end": 0.3, "epochs": 4},
-        "kappa": {"kind": "linear", "start": 1.0, "end": 0.0, "epochs": 4},
+        "options": {"kappa": {"kind": "linear", "start": 1.0, "end": 0.0, "epochs": 4}},
         "warmup_epochs": 1,
         "power_iterations": 1,
         "epochs": 8,
@@ -72,9 +72,14 @@ def test_each_baseline_trains_certifies_and_survives_the_audit_on_digits(method,
     ("change", "message"),
     [
         ({"method": "crown"}, "unknown method 'crown'; known methods: gloro, kw, bcp"),
-        ({"kappa": 0.5}, "kappa is a bcp option, but its method is 'gloro'"),
+        ({"options": {"kappa": 0.5}}, "method 'gloro' has no option 'kappa'.*\\(options of bcp\\)"),
+        ({"kappa": 0.5}, "unknown keys \\['kappa'\\].*own settings go under options: \\(gloro's: trades_lambda"),
+        ({"options": {"trades_robust_term": "mse"}}, "trades_robust_term must be ce or kl, got 'mse'"),
+        ({"options": {"trades_lambda": {"kind": "linear", "start": 0}}}, "option 'trades_lambda': schedule 'linear'"),
         ({"method": "kw", "loss": "trades"}, "method 'kw' trains with loss kw, not 'trades'"),
-        ({"method": "bcp", "kw_projections": 10}, "kw_projections is a kw option, but its method is 'bcp'"),
+        ({"method": "bcp", "options": {"projections": 10}}, "method 'bcp' has no option 'projections'.*of kw"),
+        ({"method": "bcp", "options": {"solver_iterations": 2.5}}, "option 'solver_iterations': expected int"),
+        ({"method": "kw", "options": {"projections": 0}}, "projections must be a whole number >= 1"),
         ({"certifiers": ["local", "global"]}, "must be 'global' for method 'gloro'"),
         ({"method": "kw", "certifiers": ["kw", "kwx"]}, "unknown certifiers \\['kwx'\\]"),
         ({"learning_rate": {"kind": "multistep", "initial": 0.1, "factor": 0.1, "milestones": [5, 2]}}, "increasing"),
@@ -142,13 +147,22 @@ def registry(monkeypatch):
 
 
 def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_without_editing_gloro(registry):
-    """The extension point: a `Method` subclass in the user's own module, found by name by the config, the
-    training loop (its schedule recorded in the history) and the table order."""
+    """The extension point: a `Method` subclass in the user's own module, with options of its own, found by
+    name by the config, the training loop (its schedule recorded in the history) and the table order."""
+    from dataclasses import dataclass
+
     import gloro
     from gloro.data import load_digits
+    from gloro.experiment import recipe_settings
     from gloro.methods import Method, register_method, table_labels
+    from gloro.methods.options import schedule_option
+    from gloro.schedules import Schedule
 
     calls = []
+
+    @dataclass(frozen=True)
+    class TemperedOptions:
+        temperature: Schedule = schedule_option(1.0, "divides the logits")
 
     @register_method
     class TemperedCrossEntropy(Method):
@@ -156,11 +170,12 @@ def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_witho
         losses = ("tempered_ce",)
         labels = ("Tempered",)
         certifier = "global"
+        options_class = TemperedOptions
         order = 50
         schedule_columns = ("temperature",)
 
         def epoch_values(self, recipe, epoch):
-            return {"temperature": 1.0 + epoch}
+            return {"temperature": recipe.options.temperature(epoch)}
 
         def objective(self, net, x, y, recipe, values):
             calls.append(values["temperature"])
@@ -168,14 +183,19 @@ def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_witho
             loss = torch.nn.functional.cross_entropy(logits[:, :-1] / values["temperature"], y)
             return loss, logits[:, :-1], logits.argmax(1) == y
 
-    experiment = Experiment.from_config("t", {**SETTINGS, "train_epsilon": 0.3, "epochs": 2, "method": "tempered"})
+    temperature = {"kind": "linear", "start": 1.0, "end": 3.0, "epochs": 2}
+    settings = {**SETTINGS, "train_epsilon": 0.3, "epochs": 2, "method": "tempered"}
+    experiment = Experiment.from_config("t", {**settings, "options": {"temperature": temperature}})
     assert experiment.loss == "tempered_ce" and experiment.label == "Tempered" and experiment.certifiers == ("global",)
     assert table_labels().index("Tempered") == table_labels().index("BCP") + 1  # order 50: after the built-ins
+    assert recipe_settings(experiment.recipe())["options"] == {"temperature": temperature}  # recorded as given
+    with pytest.raises(ValueError, match="method 'tempered' has no option 'temprature'; its options: temperature"):
+        Experiment.from_config("t", {**settings, "options": {"temprature": 2.0}})
     x, y = load_digits("train")
     net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=0), 0.3, seed=0)
     history = gloro.train(net, x[:256], y[:256], experiment.recipe(), progress=False)
-    assert calls == [1.0] * 4 + [2.0] * 4  # four batches of 64 an epoch, each at its epoch's temperature
-    assert [row["temperature"] for row in history] == [1.0, 2.0]
+    assert calls == [1.0] * 4 + [3.0] * 4  # four batches of 64 an epoch, each at its epoch's temperature
+    assert [row["temperature"] for row in history] == [1.0, 3.0]
     assert all(row["kappa"] is None and row["lambda"] is None for row in history)  # the others' columns stay
 
 

@@ -52,7 +52,13 @@ def write_config(path: Path, results: Path, baselines: bool = False, **experimen
     if baselines:  # KW and BCP on the same net and data, so that Table 1 has measured cost ratios
         kw = {"method": "kw", "epochs": 2, "certifiers": ["kw", "global"], "eval_points": 40}
         config["experiments"]["tiny_kw"] = {**settings, **kw, "subset": {"train": 200, "test": 120}}
-        config["experiments"]["tiny_bcp"] = {**settings, "method": "bcp", "epochs": 2, "kappa": 0.5}
+        config["experiments"]["tiny_bcp"] = {**settings, "method": "bcp", "epochs": 2, "options": {"kappa": 0.5}}
+        tempered = {
+            "method": "tempered",
+            "options": {"temperature": {"kind": "linear", "start": 2, "end": 1, "epochs": 3}},
+        }
+        config["experiments"]["tiny_tempered"] = {**settings, **tempered}  # a method of the test's own plugin
+        config["plugins"] = ["tests/plugins/tempered.py"]
         planned = {"method": "bcp", "architecture": "4C3F", "not_run": "too large for this test"}
         config["experiments"]["tiny_bcp_4c3f"] = {**settings, **planned}
     path.write_text(yaml.safe_dump(config))
@@ -133,13 +139,19 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
         assert (tmp_path / "cache" / f"digits-{split}.pt").is_file()
     assert (results / "logs" / "prepare_data" / "digits.log").is_file()
     runs = pd.read_csv(results / "tables" / "runs.csv")
-    assert sorted(runs["experiment"]) == ["tiny_bcp", "tiny_gloro", "tiny_kw", "tiny_trades"]
+    assert sorted(runs["experiment"]) == ["tiny_bcp", "tiny_gloro", "tiny_kw", "tiny_tempered", "tiny_trades"]
     assert dict(zip(runs["experiment"], runs["certifier"])) == {
         "tiny_bcp": "bcp",
         "tiny_gloro": "global",
         "tiny_kw": "kw",
+        "tiny_tempered": "global",
         "tiny_trades": "global",
     }
+    tempered = json.loads((results / "runs" / "tiny_tempered" / "train.json").read_text())["method"]
+    assert tempered["label"] == "Tempered"  # the plugin's method, trained with its own options, recorded
+    assert tempered["recipe"]["options"] == {"temperature": {"kind": "linear", "start": 2, "end": 1, "epochs": 3}}
+    history = pd.read_csv(results / "runs" / "tiny_tempered" / "history.csv")
+    assert history["temperature"].tolist() == [2.0, 1.5, 1.0]
     assert set(runs.set_index("experiment").loc["tiny_kw", "audited_certifiers"].split(",")) == {"kw", "global"}
     monitored = pd.read_csv(results / "runs" / "tiny_kw" / "history.csv")
     assert (monitored["eval_points"] == 40).all()  # per-epoch monitoring on the first 40 test points only
@@ -159,7 +171,8 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert planned["note"].iloc[0] == "not run: too large for this test" and planned["vra"].isna().all()
     assert not (results / "runs" / "tiny_bcp_4c3f").exists()
     table = table[table["note"].isna()]
-    assert sorted(table["method"]) == ["BCP", "GloRo", "GloRo-T", "KW"] and table["vra"].notna().all()
+    assert table["method"].tolist() == ["GloRo", "GloRo-T", "KW", "BCP", "Tempered"]  # the plugin's order: 50
+    assert table["vra"].notna().all()
     baselines = table.set_index("method").loc[["KW", "BCP", "GloRo-T"]]
     gloro_row = table.set_index("method").loc["GloRo"]
     assert baselines["train_examples"].tolist() == [200, 400, 400]  # KW trained on 200 images, the rest 400
@@ -322,3 +335,36 @@ def test_the_test_config_passes_the_linter_and_a_dry_run():
     dry = snakemake("-n", "--configfile", ".test/config/config.yaml", "--quiet", "rules")
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert re.search(r"^total\s+13$", dry.stdout, flags=re.MULTILINE)  # 2 experiments × 5 rules, data, report, all
+
+
+def test_the_schema_names_what_the_registries_hold():
+    """Each enum of the schema is its registry's list, so a registered data set, architecture, activation, init
+    or augmentation is accepted the day it is added; methods and certifiers have no enum: plugins add to them,
+    and an unknown name is refused with the known ones before any job (test_methods, the linter test)."""
+    from gloro.architectures import ACTIVATIONS, INITS, architectures
+    from gloro.data import datasets
+    from gloro.data.augment import augmentations
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    properties = schema["definitions"]["experiment"]["properties"]
+    registries = {
+        "dataset": datasets(),
+        "architecture": architectures(),
+        "activation": ACTIVATIONS,
+        "init": INITS,
+        "augmentation": augmentations(),
+    }
+    for key, names in registries.items():
+        assert sorted(properties[key]["enum"]) == sorted(names), key
+    for key in ("method", "loss", "options", "certifiers"):
+        assert "enum" not in yaml.safe_dump(properties[key]), key
+
+
+def test_a_config_naming_an_unknown_certifier_is_refused_before_any_job(tmp_path):
+    config = yaml.safe_load(write_config(tmp_path / "c.yaml", tmp_path / "results").read_text())
+    config["evaluation"]["compare_certifiers"] = ["bcp", "lirpa"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "--configfile", str(tmp_path / "c.yaml"))
+    assert result.returncode != 0
+    message = "compare_certifiers: unknown certifiers ['lirpa']; known: bcp, crown, global"
+    assert message in result.stdout + result.stderr

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from gloro.methods.options import NoOptions, options_from_config
+
 if TYPE_CHECKING:
     from gloro.gloro_net import GloroNet
     from gloro.train import TrainingRecipe
@@ -20,15 +22,18 @@ class Method:
     with `gloro.methods.register_method`; a config then selects it as `method: <name>`.
 
     `losses` are the config's `loss` values it accepts (the first is the default) and `labels` the table
-    label of each; `certifier` names the registered certifier its results are reported with; `adam_epsilon`
-    is Adam's ε in its authors' code; `order` places its rows in Table 1 (lower first); `reference` cites it;
-    `schedule_columns` names the per-epoch values `epoch_values` returns (history columns).
+    label of each; `options_class` is a frozen dataclass of its own settings (`gloro.methods.options`), read
+    from an experiment's `options:` and reaching `objective` as `recipe.options`; `certifier` names the
+    registered certifier its results are reported with; `adam_epsilon` is Adam's ε in its authors' code;
+    `order` places its rows in Table 1 (lower first); `reference` cites it; `schedule_columns` names the
+    per-epoch values `epoch_values` returns (history columns).
     """
 
     name: ClassVar[str]
     losses: ClassVar[tuple[str, ...]]
     labels: ClassVar[tuple[str, ...]]
     certifier: ClassVar[str]
+    options_class: ClassVar[type] = NoOptions
     adam_epsilon: ClassVar[float] = 1e-8
     order: ClassVar[int] = 100
     reference: ClassVar[str] = ""
@@ -37,6 +42,10 @@ class Method:
     def label(self, loss: str) -> str:
         """The table label of this method trained with `loss`."""
         return self.labels[self.losses.index(loss)]
+
+    def make_options(self, settings: Mapping | None = None):
+        """This method's options from a config's `options:` mapping (unset ones at their defaults)."""
+        return options_from_config(self.options_class, settings, self.name)
 
     def published_key(self, loss: str) -> str:
         """How workflow/resources/published.csv names this method with `loss`: its name, then _<loss> unless

@@ -4,13 +4,16 @@ box propagated with power-iteration norms; certified by the sound version (`glor
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from gloro.certify.bcp import bcp_margins
 from gloro.methods.base import Method, Objective
+from gloro.methods.options import option, schedule_option
 from gloro.methods.registry import register_method
+from gloro.schedules import Schedule
 
 
 def bcp_loss(
@@ -25,18 +28,29 @@ def bcp_loss(
     return loss, logits, robust
 
 
+@dataclass(frozen=True)
+class BcpOptions:
+    kappa: Schedule = schedule_option(0.0, "weight of the clean cross-entropy, κ·CE(z) + (1 − κ)·CE(z_worst)")
+    solver_iterations: int = option(10, "clip-and-rescale steps of the last-layer solve in training")
+
+    def __post_init__(self) -> None:
+        if self.solver_iterations < 1:
+            raise ValueError(f"solver_iterations must be >= 1, got {self.solver_iterations}")
+
+
 @register_method
 class BcpMethod(Method):
     name = "bcp"
     losses = ("bcp",)
     labels = ("BCP",)
     certifier = "bcp"
+    options_class = BcpOptions
     order = 20
     reference = "Lee, Lee & Park, NeurIPS 2020"
     schedule_columns = ("kappa",)
 
     def epoch_values(self, recipe, epoch: int) -> dict[str, float]:
-        return {"kappa": recipe.kappa(epoch)}
+        return {"kappa": recipe.options.kappa(epoch)}
 
     def objective(self, net, x: torch.Tensor, y: torch.Tensor, recipe, values: Mapping[str, float]) -> Objective:
-        return bcp_loss(net, x, y, net.epsilon, values["kappa"], recipe.bcp_solver_iterations)
+        return bcp_loss(net, x, y, net.epsilon, values["kappa"], recipe.options.solver_iterations)

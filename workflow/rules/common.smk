@@ -3,9 +3,16 @@ import re
 import shlex
 import sys
 
+from gloro.certify import list_certifiers
 from gloro.data import cache_file, dataset_available, datasets
 from gloro.experiment import Experiment, cost_reference
+from gloro.plugins import load_plugins
 
+load_plugins(config["plugins"])  # before any experiment is read: the methods and certifiers they register
+if unknown := sorted(set(config["evaluation"]["compare_certifiers"]) - set(list_certifiers())):
+    raise ValueError(
+        f"evaluation.compare_certifiers: unknown certifiers {unknown}; known: {', '.join(list_certifiers())}"
+    )
 
 LEFT_OUT = {}  # experiment -> data set, for those selected_experiments leaves out for want of their data
 

@@ -6,9 +6,11 @@ import torch
 
 from gloro.cpu_memory import keep_freed_memory
 from gloro.experiment import DataOptions, Experiment, certify_experiment, resolve_device
+from gloro.plugins import load_plugins
 from gloro.run_files import CertifyFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    load_plugins(snakemake.config["plugins"])  # the config's own methods and certifiers, registered by name
     torch.set_num_threads(snakemake.threads)
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in every step
     experiment = Experiment.from_config(snakemake.wildcards.experiment, snakemake.params.settings)

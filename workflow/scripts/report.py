@@ -2,10 +2,12 @@
 
 import contextlib
 
+from gloro.plugins import load_plugins
 from gloro.report import write_report
 from gloro.run_files import ReportFiles, RunReports
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    load_plugins(snakemake.config["plugins"])  # the config's own methods and certifiers, registered by name
     inputs = snakemake.input
     reports = {
         name: RunReports(train=train, history=history, certify=certify, attack=attack, bounds=bounds, steps=steps)

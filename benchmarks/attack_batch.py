@@ -22,6 +22,7 @@ from interleaved import interleaved  # beside this script
 from trained_points import add_arguments, net_and_points
 
 import gloro
+from gloro.cpu_memory import keep_freed_memory
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    gloro.keep_freed_memory()
+    keep_freed_memory()
     net, images, labels = net_and_points(args)
     net.freeze()
     accuracy: dict[int, float] = {}

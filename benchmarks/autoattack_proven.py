@@ -20,6 +20,7 @@ from interleaved import interleaved  # beside this script
 from trained_points import add_arguments, net_and_points
 
 import gloro
+from gloro.cpu_memory import keep_freed_memory
 from gloro.data.registry import load_dataset
 from gloro.experiment import proven_robust, read_certificates
 
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.checkpoint:
         parser.error("--checkpoint is required: the certificates come from its run folder")
-    gloro.keep_freed_memory()
+    keep_freed_memory()
     net, images, labels = net_and_points(args)
     net.freeze()
     certificates = read_certificates(Path(args.checkpoint).with_name("certificates.csv"), args.epsilon)

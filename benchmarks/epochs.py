@@ -2,7 +2,7 @@
 
 Each round trains, in alternation, a GloRo Net with `gloro.train` (its per-epoch certification of a test
 set included, timed apart) and the same architecture with a plain PyTorch loop (same batches of the same
-shuffled data, Adam, cross-entropy, the same memory layout and `gloro.keep_freed_memory()`). The first
+shuffled data, Adam, cross-entropy, the same memory layout and `keep_freed_memory()`). The first
 epoch of each call is warm-up and is not counted. Reported: seconds per epoch of each side (median over
 rounds and the later epochs), their ratio, the range of per-round ratios, and the per-epoch evaluation's
 share of a GloRo epoch. Fashion-MNIST (60,000 × 28 × 28, Debian's `dataset-fashion-mnist`) stands in for
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import gloro
 from gloro import power_path
+from gloro.cpu_memory import keep_freed_memory
 from gloro.data.registry import load_dataset
 from gloro.train import TrainingRecipe
 
@@ -166,7 +167,7 @@ def main() -> None:
     results = {
         "torch": torch.__version__,
         **power_path.processor_summary(),
-        "keep_freed_memory": gloro.keep_freed_memory(),
+        "keep_freed_memory": keep_freed_memory(),
         "cases": [
             run_case(case, args.rounds, args.epochs, args.batch_size, args.examples, args.official, args.eval_every)
             for case in args.cases

@@ -22,7 +22,7 @@ from unittest import mock
 from epochs import CASES, case_data, gloro_epochs  # beside this script
 from interleaved import interleaved
 
-import gloro
+from gloro.cpu_memory import keep_freed_memory
 
 
 @contextlib.contextmanager
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
-    gloro.keep_freed_memory()
+    keep_freed_memory()
     report = {}
     for case in args.cases:
         data = case_data(CASES[case][3], None)

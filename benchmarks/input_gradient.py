@@ -26,6 +26,8 @@ from trained_points import add_arguments, net_and_points
 import gloro
 import gloro.attack
 import gloro.tightness
+from gloro.cpu_memory import keep_freed_memory
+from gloro.tightness import global_tightness
 
 
 @contextlib.contextmanager
@@ -46,7 +48,7 @@ def timed(args, net, images, labels) -> dict:
         progress=False,
     )
     middle = time.perf_counter()
-    tightness = gloro.global_tightness(net, inputs=images[:256], steps=args.tightness_steps, seed=0, max_pairs=10)
+    tightness = global_tightness(net, inputs=images[:256], steps=args.tightness_steps, seed=0, max_pairs=10)
     end = time.perf_counter()
     return {
         "pgd": middle - start,
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--tightness-steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    gloro.keep_freed_memory()
+    keep_freed_memory()
     net, images, labels = net_and_points(args)
     net.freeze()
 

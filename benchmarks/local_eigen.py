@@ -23,8 +23,8 @@ from unittest import mock
 import torch
 from trained_points import add_arguments, net_and_points  # beside this script
 
-import gloro
 from gloro import local_certify
+from gloro.cpu_memory import keep_freed_memory
 
 
 def whole_spectrum_top(stack: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def main() -> None:
     add_arguments(parser, points=20)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    gloro.keep_freed_memory()
+    keep_freed_memory()
     net, images, _ = net_and_points(args)
     plan = local_certify.LocalPlan(net)
     sides = {

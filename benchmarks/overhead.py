@@ -11,7 +11,7 @@ default (NCHW) layout and both in channels_last, the layout `gloro.train` uses. 
 from the fastest repeat of each side (`*_best`): on a shared VM noise only adds time, so the minimum is
 the steadiest estimate of what each side costs on an idle machine; and as the median of each round's own
 ratio (`*_paired`), which cancels drift in the machine's speed between rounds. Both sides run with
-`gloro.keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc` leaves glibc's defaults).
+`keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc` leaves glibc's defaults).
 
     .venv/bin/python benchmarks/overhead.py [--architectures 2C2F 6C2F] [--repeats 30] [--parts certification]
 """
@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 import gloro
+from gloro.cpu_memory import keep_freed_memory
+from gloro.losses import gloro_cross_entropy
 
 SETTINGS = {  # input shape, power iterations per step (the paper's values)
     "2C2F": ((1, 28, 28), 10),
@@ -104,7 +106,7 @@ def training_step_ratio(architecture: str, batch_size: int, repeats: int, channe
     y = torch.randint(0, 10, (batch_size,))
 
     def gloro_step() -> None:
-        loss = gloro.gloro_cross_entropy(net(x), y)
+        loss = gloro_cross_entropy(net(x), y)
         gloro_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gloro_optimizer.step()
@@ -135,11 +137,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--architectures", nargs="+", default=["2C2F", "6C2F"], choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--default-malloc", action="store_true", help="do not call gloro.keep_freed_memory()")
+    parser.add_argument("--default-malloc", action="store_true", help="do not call keep_freed_memory()")
     parts = ["certification", "training"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     args = parser.parse_args()
-    kept = False if args.default_malloc else gloro.keep_freed_memory()
+    kept = False if args.default_malloc else keep_freed_memory()
     results = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

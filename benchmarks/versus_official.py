@@ -4,7 +4,7 @@ Same CPU, architecture, batch size, power iterations per step, random [0, 1] dat
 (warm-up steps excluded, then timed steps). The official library (PyPI gloro 1.1.1 with tensorflow-cpu
 2.15.1) is installed by `official_tf.ensure_official_venv` into its own venv on first use. The two sides
 alternate `--rounds` times so a change in machine load hits both; medians are reported. Each library runs
-as its users get it: ours with `gloro.keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc`
+as its users get it: ours with `keep_freed_memory()`, as the pipeline's jobs do (`--default-malloc`
 leaves glibc's defaults); TensorFlow as it comes, in its own process.
 
     .venv/bin/python benchmarks/versus_official.py [--architecture 2C2F] [--rounds 2]
@@ -23,6 +23,8 @@ import torch
 from official_tf import ensure_official_venv, measure_official_throughput
 
 import gloro
+from gloro.cpu_memory import keep_freed_memory
+from gloro.losses import gloro_cross_entropy
 
 INPUT_SHAPES = {"2C2F": (1, 28, 28), "6C2F": (3, 32, 32)}
 OFFICIAL_VENV = Path(__file__).resolve().with_name(".venv-official")
@@ -45,7 +47,7 @@ def ours_images_per_second(architecture: str, batch_size: int, steps: int, warmu
 
     def step(index: int) -> None:
         x, y = batches[index % len(batches)]
-        loss = gloro.gloro_cross_entropy(net(x), y)
+        loss = gloro_cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -66,9 +68,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--power-iterations", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--default-malloc", action="store_true", help="do not call gloro.keep_freed_memory()")
+    parser.add_argument("--default-malloc", action="store_true", help="do not call keep_freed_memory()")
     args = parser.parse_args()
-    kept = False if args.default_malloc else gloro.keep_freed_memory()
+    kept = False if args.default_malloc else keep_freed_memory()
     python = ensure_official_venv(OFFICIAL_VENV)
     ours, official, official_reports = [], [], []
     for _ in range(args.rounds):

@@ -1,12 +1,14 @@
-"""The paper's architectures, built by name (`create_model('6C2F', ...)`), layer by layer as in its code.
+"""Architectures by name (`create_model('6C2F', ...)`): the paper's, layer by layer as in its code, and any
+registered with `@register_architecture` (a function from an `ArchitectureSpec` to the list of layers).
 
-Conv layers use TF 'same' padding as PyTorch integers: padding 1 for k3 s1, and for k4 s2 on even input
-sizes. Every conv and dense layer but the last is followed by the activation (ReLU or MinMax).
+The paper's conv layers use TF 'same' padding as PyTorch integers: padding 1 for k3 s1, and for k4 s2 on even
+input sizes. Every conv and dense layer but the last is followed by the activation (ReLU or MinMax).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 from gloro.layers import MinMax
 
 # (out_channels, kernel, stride) for a conv; a bare int is a dense layer's width. The logit layer is added.
-LAYOUTS: dict[str, tuple] = {
+PAPER_LAYOUTS: dict[str, tuple] = {
     "2C2F": ((16, 4, 2), (32, 4, 2), 100),
     "4C3F": ((32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2), 512, 512),
     "6C2F": ((32, 3, 1), (32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 3, 1), (64, 4, 2), 512),
@@ -41,17 +43,42 @@ class ArchitectureSpec:
         return asdict(self)
 
 
+Builder = Callable[[ArchitectureSpec], list[nn.Module]]
+_ARCHITECTURES: dict[str, Builder] = {}
+
+
+def register_architecture(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register `builder(spec) -> layers` as architecture `name` (case-insensitive), so that
+    `create_model(name, ...)` and a config's `architecture: name` build it. The layers run in sequence, the
+    last one the Linear logit layer; `activation(spec)` gives the spec's activation. A name already taken
+    by another builder raises."""
+
+    def register(builder: Builder) -> Builder:
+        taken = next((known for known in _ARCHITECTURES if known.lower() == name.lower()), None)
+        if taken is not None and _ARCHITECTURES[taken] is not builder:
+            raise ValueError(f"an architecture named {taken!r} is already registered")
+        _ARCHITECTURES[name] = builder
+        return builder
+
+    return register
+
+
 def architectures() -> list[str]:
     """Names known to `create_model`."""
-    return list(LAYOUTS)
+    return list(_ARCHITECTURES)
 
 
 def canonical_name(name: str) -> str:
     """Registry key for a case-insensitive name; raises listing the known names."""
-    for known in LAYOUTS:
+    for known in _ARCHITECTURES:
         if known.lower() == str(name).lower():
             return known
-    raise ValueError(f"unknown architecture {name!r}; known architectures: {', '.join(LAYOUTS)}")
+    raise ValueError(f"unknown architecture {name!r}; known architectures: {', '.join(_ARCHITECTURES)}")
+
+
+def activation(spec: ArchitectureSpec) -> nn.Module:
+    """A new activation layer of the spec's kind."""
+    return ACTIVATIONS[spec.activation]()
 
 
 def create_model(
@@ -79,37 +106,45 @@ def create_model(
         raise ValueError(f"input_shape must be (C, H, W), got {spec.input_shape}")
     if spec.num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {spec.num_classes}")
-    model = nn.Sequential(*build_layers(spec))
+    model = nn.Sequential(*_ARCHITECTURES[spec.name](spec))
     initialise(model, spec.init, torch.Generator().manual_seed(seed))
     model.architecture = spec
     return model
 
 
-def build_layers(spec: ArchitectureSpec) -> list[nn.Module]:
-    """The layer list for `spec`, with every shape checked against the input size."""
+def paper_layers(layout: tuple, spec: ArchitectureSpec) -> list[nn.Module]:
+    """The layer list of one of the paper's layouts for `spec`, with every shape checked against the input."""
     channels, height, width = spec.input_shape
     layers: list[nn.Module] = []
     features = None
-    for item in LAYOUTS[spec.name]:
+    for item in layout:
         if isinstance(item, tuple):
             out, kernel, stride = item
             padding = 1
             height, width = ((n + 2 * padding - kernel) // stride + 1 for n in (height, width))
             if height < 1 or width < 1:
                 raise ValueError(f"input shape {spec.input_shape} is too small for {spec.name}")
-            layers += [nn.Conv2d(channels, out, kernel, stride, padding), ACTIVATIONS[spec.activation]()]
+            layers += [nn.Conv2d(channels, out, kernel, stride, padding), activation(spec)]
             channels = out
         else:
             if features is None:
                 layers.append(nn.Flatten())
                 features = channels * height * width
-            layers += [nn.Linear(features, item), ACTIVATIONS[spec.activation]()]
+            layers += [nn.Linear(features, item), activation(spec)]
             features = item
     if features is None:
         layers.append(nn.Flatten())
         features = channels * height * width
     layers.append(nn.Linear(features, spec.num_classes))
     return layers
+
+
+def _register_paper_layouts() -> None:
+    for name, layout in PAPER_LAYOUTS.items():
+        register_architecture(name)(functools.partial(paper_layers, layout))
+
+
+_register_paper_layouts()
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gloro.architectures import create_model
+from gloro.architectures import canonical_name, create_model
 from gloro.atomic import atomic_path, write_json
 from gloro.attack import (
     AUTOATTACK_SQUARE_QUERIES,
@@ -74,6 +74,10 @@ class Experiment:
     optimizer: dict | None = None  # {kind: adam | sgd, momentum, weight_decay, clip_grad_norm}; default Adam
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "architecture", canonical_name(self.architecture))
+        except ValueError as error:
+            raise ValueError(f"experiment {self.name!r}: {error}") from error
         method = get_method(self.method)
         if self.loss is None:
             object.__setattr__(self, "loss", method.losses[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -249,3 +251,46 @@ def test_input_shape_must_be_chw(shape):
 def test_num_classes_must_be_at_least_two():
     with pytest.raises(ValueError, match="num_classes"):
         gloro.create_model("2C2F", (1, 28, 28), 1)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The architecture registry, restored after the test."""
+    module = importlib.import_module("gloro.architectures")  # `gloro.architectures` is also the function
+    monkeypatch.setattr(module, "_ARCHITECTURES", dict(module._ARCHITECTURES))
+    return module
+
+
+def test_an_architecture_registered_from_outside_is_built_wrapped_and_named_by_a_config(registry):
+    from gloro.architectures import activation, register_architecture
+    from gloro.experiment import Experiment
+
+    @register_architecture("tiny-mlp")
+    def tiny_mlp(spec: ArchitectureSpec) -> list[nn.Module]:
+        channels, height, width = spec.input_shape
+        return [
+            nn.Flatten(),
+            nn.Linear(channels * height * width, 32),
+            activation(spec),
+            nn.Linear(32, spec.num_classes),
+        ]
+
+    assert "tiny-mlp" in gloro.architectures()
+    model = gloro.create_model("Tiny-MLP", (1, 8, 8), 10, activation="minmax", seed=3)
+    assert model.architecture == ArchitectureSpec("tiny-mlp", (1, 8, 8), 10, "minmax", "glorot_uniform")
+    assert isinstance(model[2], MinMax) and model[3].bias.abs().max() == 0  # the registry's init still applies
+    torch.testing.assert_close(model[1].weight, gloro.create_model("tiny-mlp", (1, 8, 8), 10, seed=3)[1].weight)
+    net = gloro.GloroNet(model, 0.3)
+    assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 11)  # ten classes and ⊥
+    settings = {"dataset": "digits", "architecture": "tiny-MLP", "train_epsilon": 0.3, "eval_epsilon": 0.3, "epochs": 1}
+    assert Experiment.from_config("t", settings).architecture == "tiny-mlp"
+    with pytest.raises(ValueError, match="an architecture named 'tiny-mlp' is already registered"):
+        register_architecture("TINY-MLP")(lambda spec: [])
+
+
+def test_an_experiment_naming_an_unknown_architecture_is_refused_with_the_known_ones():
+    from gloro.experiment import Experiment
+
+    settings = {"dataset": "digits", "architecture": "9C9F", "train_epsilon": 0.3, "eval_epsilon": 0.3, "epochs": 1}
+    with pytest.raises(ValueError, match="experiment 'bad': unknown architecture '9C9F'; known architectures: 2C2F"):
+        Experiment.from_config("bad", settings)

@@ -19,6 +19,7 @@ from gloro.attack import (
     autoattack_accuracy,
     pgd_accuracy,
     pgd_l2,
+    robust_accuracy,
 )
 from gloro.data import load_digits
 
@@ -249,8 +250,8 @@ def test_attack_inputs_are_checked(plain_mlp, digits):
     with pytest.raises(ValueError, match="epsilon is required"):
         pgd_accuracy(plain_mlp, x, y, progress=False)
     with pytest.raises(ValueError, match="unknown attack"):
-        gloro.robust_accuracy(plain_mlp, x, y, 0.5, attack="fgsm", progress=False)
+        robust_accuracy(plain_mlp, x, y, 0.5, attack="fgsm", progress=False)
     with pytest.raises(TypeError, match="unknown PGD options"):
-        gloro.robust_accuracy(plain_mlp, x, y, 0.5, attack="pgd", iterations=3, progress=False)
+        robust_accuracy(plain_mlp, x, y, 0.5, attack="pgd", iterations=3, progress=False)
     with pytest.raises(ValueError, match="target_classes"):
         autoattack_accuracy(plain_mlp, x[:2], y[:2], 0.5, target_classes=10, progress=False)

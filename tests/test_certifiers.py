@@ -16,6 +16,7 @@ from gloro.attack import pgd_l2
 from gloro.certify import Certificate, create_certifier, list_certifiers
 from gloro.certify.bcp import ball_box_maximum, bcp_margins, propagate
 from gloro.certify.kw import check_kw_model, kw_margins
+from gloro.lipschitz import UnsupportedLayerError
 
 EPSILON = 0.3
 
@@ -215,7 +216,7 @@ def test_kw_rejects_what_the_library_cannot_bound_with_the_reason():
 
 def test_bcp_rejects_layers_it_does_not_propagate():
     model = nn.Sequential(nn.Linear(4, 4), gloro.MinMax(), nn.Linear(4, 3))
-    with pytest.raises(gloro.UnsupportedLayerError, match="BCP here propagates through"):
+    with pytest.raises(UnsupportedLayerError, match="BCP here propagates through"):
         create_certifier("bcp")(gloro.GloroNet(model, 0.1), torch.rand(2, 4), 0.1)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 import gloro
 import gloro.checkpoint as checkpoint
+from gloro.checkpoint import CheckpointError
 
 SHAPE = (1, 8, 8)
 METADATA = {"dataset": "digits", "epochs": 3, "vra": 0.5, "notes": ["a", "b"]}
@@ -130,7 +131,7 @@ def test_failed_save_keeps_the_existing_checkpoint(trained_net, saved, monkeypat
 def test_truncated_file_raises_checkpoint_error(saved):
     data = saved.read_bytes()
     saved.write_bytes(data[: len(data) // 2])
-    with pytest.raises(gloro.CheckpointError) as error:
+    with pytest.raises(CheckpointError) as error:
         gloro.load(saved)
     assert str(saved) in str(error.value)
 
@@ -140,20 +141,20 @@ def test_random_bytes_raise_checkpoint_error(tmp_path):
     path.write_bytes(
         torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes()
     )
-    with pytest.raises(gloro.CheckpointError) as error:
+    with pytest.raises(CheckpointError) as error:
         gloro.load(path)
     assert str(path) in str(error.value)
 
 
 def test_checkpoint_error_is_a_value_error():
-    assert issubclass(gloro.CheckpointError, ValueError)
+    assert issubclass(CheckpointError, ValueError)
 
 
 @pytest.mark.parametrize("payload", [{"state_dict": {}}, {"format": "something else"}, [1, 2, 3]])
 def test_foreign_torch_file_raises_checkpoint_error(tmp_path, payload):
     path = tmp_path / "foreign.pt"
     torch.save(payload, path)
-    with pytest.raises(gloro.CheckpointError, match="gloro.save") as error:
+    with pytest.raises(CheckpointError, match="gloro.save") as error:
         gloro.load(path)
     assert str(path) in str(error.value)
 
@@ -181,20 +182,20 @@ def test_wrong_shaped_tensor_raises_checkpoint_error(saved):
         payload["state_dict"][key] = torch.zeros(17, 1, 4, 4)
 
     tamper(saved, change)
-    with pytest.raises(gloro.CheckpointError, match="model.0.weight") as error:
+    with pytest.raises(CheckpointError, match="model.0.weight") as error:
         gloro.load(saved)
     assert str(saved) in str(error.value)
 
 
 def test_missing_state_dict_key_raises_checkpoint_error(saved):
     tamper(saved, lambda payload: payload["state_dict"].pop("bounds.0.iterate"))
-    with pytest.raises(gloro.CheckpointError, match="bounds.0.iterate"):
+    with pytest.raises(CheckpointError, match="bounds.0.iterate"):
         gloro.load(saved)
 
 
 def test_unknown_architecture_raises_checkpoint_error(saved):
     tamper(saved, lambda payload: payload["architecture"].update(name="3C3F"))
-    with pytest.raises(gloro.CheckpointError, match="3C3F"):
+    with pytest.raises(CheckpointError, match="3C3F"):
         gloro.load(saved)
 
 
@@ -207,7 +208,7 @@ def test_tampered_untouched_file_still_loads(saved):
 @pytest.mark.parametrize("key", ["input_divisor", "metadata"])
 def test_missing_top_level_field_raises_checkpoint_error(saved, key):
     tamper(saved, lambda payload: payload.pop(key))
-    with pytest.raises(gloro.CheckpointError):
+    with pytest.raises(CheckpointError):
         gloro.load(saved)
 
 

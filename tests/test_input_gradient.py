@@ -9,6 +9,7 @@ from torch import nn
 import gloro
 import gloro.input_gradient
 from gloro.input_gradient import fold_input_gradient, fold_input_gradients, folds, inputs_only
+from gloro.tightness import global_tightness
 
 SHAPES = [  # (in_channels, out_channels, size, kernel, stride, padding)
     (1, 16, 28, 4, 2, 1),  # the 2C2F's first conv
@@ -94,6 +95,6 @@ def test_attacks_and_the_tightness_search_take_the_folded_gradient(counted):
     gloro.pgd_accuracy(net, images, labels, 0.3, steps=3, restarts=1, progress=False)
     assert len(counted) >= 3  # one per step
     before = len(counted)
-    gloro.global_tightness(net, inputs=images, steps=2, max_pairs=2)
+    global_tightness(net, inputs=images, steps=2, max_pairs=2)
     assert len(counted) > before
     assert all(p.requires_grad for p in net.parameters())  # both left the model as they found it

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import gloro
-from gloro.lipschitz import Conv2dBound, LinearBound, bound_for, conv2d_circulant_bound
+from gloro.lipschitz import Conv2dBound, LinearBound, UnsupportedLayerError, bound_for, conv2d_circulant_bound
 
 
 def exact_norm(layer: nn.Module, input_shape: tuple[int, ...]) -> float:
@@ -150,7 +150,7 @@ class ScaledLinear(nn.Linear):
     ],
 )
 def test_layers_without_a_known_bound_raise_and_name_themselves(layer):
-    with pytest.raises(gloro.UnsupportedLayerError, match=type(layer).__name__):
+    with pytest.raises(UnsupportedLayerError, match=type(layer).__name__):
         bound_for(layer, (4, 8, 8))
 
 

@@ -11,6 +11,7 @@ from gloro.experiment import (
     train_experiment,
 )
 from gloro.methods import get_method, methods
+from gloro.schedules import Constant
 
 SETTINGS = {
     "dataset": "digits",
@@ -114,7 +115,7 @@ def test_sgd_with_clipping_moves_the_weights_by_at_most_lr_times_the_clip():
     for clip in (0.01, None):
         net = gloro.GloroNet(gloro.create_model("2C2F", (1, 8, 8), 10, seed=0), 0.3, seed=0)
         before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
-        lr = gloro.Constant(0.1)
+        lr = Constant(0.1)
         recipe = gloro.TrainingRecipe(1, len(y), learning_rate=lr, optimizer="sgd", clip_grad_norm=clip, seed=0)
         gloro.train(net, x, y, recipe, progress=False)  # one step: the whole set is one batch
         moved[clip] = float((torch.cat([p.detach().flatten() for p in net.parameters()]) - before).norm())

@@ -9,6 +9,7 @@ import torch
 
 import gloro
 from gloro.certify import create_certifier
+from gloro.evaluate import certification_report
 from gloro.timing import MIN_ROUNDS, MIN_SECONDS, interleaved_rounds, median_ratio, repeated_seconds
 
 
@@ -49,7 +50,7 @@ def test_certification_throughput_is_a_median_of_interleaved_passes_over_the_spl
     monkeypatch.setattr(
         importlib.import_module("gloro.evaluate"), "interleaved_rounds", recorded
     )  # not gloro.evaluate()
-    metrics = gloro.certification_report(net, x, y, batch_size=16).metrics
+    metrics = certification_report(net, x, y, batch_size=16).metrics
     assert set(timed) == {"forward", "certify"} and metrics["timing_rounds"] == len(timed["forward"]) >= MIN_ROUNDS
     assert all(sum(seconds) >= MIN_SECONDS for seconds in timed.values())  # each side long enough to measure
     assert metrics["forward_seconds"] == statistics.median(timed["forward"])

@@ -93,6 +93,7 @@ def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
         "lipschitz_sound_over_power": certified["lipschitz_ratio"],
         "forward_points_per_second": certified["forward_points_per_second"],
         "certify_points_per_second": certified["certify_points_per_second"],
+        "certify_slowdown": certified.get("certify_slowdown"),  # median of the rounds' certify ÷ forward time
         **{f"vra_{c['certifier']}": c["vra"] for c in certify["certificates"]},
         **{f"sec_per_point_{c['certifier']}": c["sec_per_point"] for c in certify["certificates"]},
         "method_settings": json.dumps(train["method"]["recipe"], sort_keys=True),
@@ -137,10 +138,19 @@ def certification_cost(runs: pd.DataFrame, reports: Mapping[str, RunReports]) ->
                 "local_over_global_time": local["time_over_first"],  # global is first: timed side by side
                 "forward_points_per_second": run["forward_points_per_second"],
                 "certify_points_per_second": run["certify_points_per_second"],
-                "certify_over_forward_throughput": run["certify_points_per_second"] / run["forward_points_per_second"],
+                "certify_over_forward_throughput": throughput_ratio(run),
             }
         )
     return pd.DataFrame(rows)
+
+
+def throughput_ratio(run: pd.Series) -> float:
+    """Certify ÷ forward throughput: the inverse of the median round's slowdown, both sides timed in the same
+    rounds; the ratio of the two rates for a run folder written before the rounds' ratio was kept."""
+    slowdown = run.get("certify_slowdown")
+    if slowdown is not None and not pd.isna(slowdown) and slowdown > 0:
+        return 1 / slowdown
+    return run["certify_points_per_second"] / run["forward_points_per_second"]
 
 
 def certifier_comparison(reports: Mapping[str, RunReports]) -> pd.DataFrame:
@@ -318,11 +328,11 @@ def cost_view(table: pd.DataFrame) -> pd.DataFrame:
             "VRA % global": [f"{100 * v:.1f}" for v in table["vra_global"]],
             "VRA % local": [f"{100 * v:.1f}" for v in table["vra_local"]],
             "Only local": table["certified_local_only"],
-            "Global ms/point": [significant(1000 * v) for v in table["sec_per_point_global"]],
-            "Local ms/point": [significant(1000 * v) for v in table["sec_per_point_local"]],
+            "Global ms/point†": [significant(1000 * v) for v in table["sec_per_point_global"]],
+            "Local ms/point†": [significant(1000 * v) for v in table["sec_per_point_local"]],
             "Local ÷ global": [f"{significant(v)}×" for v in table["local_over_global_time"]],
-            "Forward k points/s": [significant(v / 1000) for v in table["forward_points_per_second"]],
-            "Certify k points/s": [significant(v / 1000) for v in table["certify_points_per_second"]],
+            "Forward k points/s†": [significant(v / 1000) for v in table["forward_points_per_second"]],
+            "Certify k points/s†": [significant(v / 1000) for v in table["certify_points_per_second"]],
             "Certify ÷ forward": [f"{significant(v)}×" for v in table["certify_over_forward_throughput"]],
         }
     )
@@ -381,9 +391,9 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
             "PGD %": [percent(row, "pgd") for _, row in table.iterrows()],
             "AutoAttack %": ["" if pd.isna(v) else f"{v:.1f}" for v in table["autoattack"]],
             "VRA %": [percent(row, "vra") for _, row in table.iterrows()],
-            "s/epoch": [significant(v) for v in table["sec_per_epoch"]],
+            "s/epoch†": [significant(v) for v in table["sec_per_epoch"]],
             "Peak MB": ["" if pd.isna(v) else f"{v:.0f}" for v in table["peak_mem_mb"]],
-            "Cert. ms/point": [significant(v) for v in table["cert_ms_per_point"]],
+            "Cert. ms/point†": [significant(v) for v in table["cert_ms_per_point"]],
             "Rounding pts": ["" if pd.isna(v) else f"{v:.2f}" for v in table["rounding_cost"]],
             "GloRo time ÷ this": [
                 time_ratio(*values) for values in zip(*(table[f"gloro_time_ratio{e}"] for e in ("", "_low", "_high")))
@@ -403,14 +413,22 @@ def measured_on(runs: pd.DataFrame, date: str) -> str:
     return f"{date} on {devices}, torch {runs['torch_version'].iloc[0]}"
 
 
+MACHINE_TIMES = (
+    "† a time or rate of this machine during the job, which its load moves: on a shared 2-core host, two make "
+    "runs in a row moved such cells by up to 1.6× while every ratio timed within one job stayed within ±15% "
+    "(benchmarks/README.md); compare methods and runs by the ratios"
+)
+
+
 def cost_caption(runs: pd.DataFrame, date: str) -> str:
     """The line under the certification-cost table: when and where, and what its columns compare."""
     return (
         f"Certification cost, measured {measured_on(runs, date)}: the global and local certificates on the same "
         "test points (local: per-point Lipschitz bounds; only local: points it certifies and the global one does "
         "not), and throughput over the whole test split, certifying (forward pass and certificate) against the "
-        "plain forward pass of the same batches, in interleaved rounds (certify ÷ forward: the ratio of their "
-        "medians, which moves far less between runs than either rate: the rates follow the machine's speed)."
+        "plain forward pass of the same batches, in interleaved rounds (certify ÷ forward: the median of the "
+        "rounds' ratios); global and local timed side by side on the same points (local ÷ global: the median of "
+        f"the rounds' ratios); {MACHINE_TIMES}."
     )
 
 
@@ -443,8 +461,7 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
     memory = "peak memory: CUDA max allocated on a GPU, the job's peak RSS on the CPU"
     seconds = (
         "s/epoch: the trained net's training step timed after training, alone on the job's cores, repeated past "
-        f"{ROUND_SECONDS:g} s a round over {ROUNDS} rounds, median round, times the training set's size (seconds "
-        "follow the machine's speed during the job; the ratios, timed side by side, move far less)"
+        f"{ROUND_SECONDS:g} s a round over {ROUNDS} rounds, median round, times the training set's size"
     )
     ratios = (
         "time ratio: GloRo's step over this row's per training image, both timed on the same batches in "
@@ -455,7 +472,8 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
         "rounding pts: how far the global certificate's VRA on that row's net lies below its VRA ignoring "
         "floating-point rounding, the price of certificates that hold for the net as it computes"
     )
-    return f"Table 1, measured {measured_on(runs, date)}; {sources}; {seconds}; {memory}; {ratios}; {rounding}."
+    where = f"Table 1, measured {measured_on(runs, date)}"
+    return f"{where}; {sources}; {seconds}; {memory}; {ratios}; {rounding}; {MACHINE_TIMES}."
 
 
 def published_cell(published: pd.DataFrame, key: tuple, method: str, metric: str):

@@ -294,32 +294,36 @@ def test_the_audit_fails_a_planted_certificate_without_radii(trained, tmp_path):
     assert summary["certifier"] == "bcp" and summary["violations"] == 0 and summary["certified"] > 100
 
 
-def test_compared_certifiers_are_timed_side_by_side_and_a_slow_one_runs_once(trained, monkeypatch):
-    """The time ratios of the certification cost table: quick certifiers in interleaved rounds (each round
-    the same stretch of the machine for every side), a slow one in one call; the certificates are unchanged."""
-    from gloro.certify import compare
+def test_compared_certifiers_are_timed_side_by_side_on_the_points_the_slowest_certifies_in_its_time(
+    trained, monkeypatch
+):
+    """The time ratios of the certification cost table: every certifier on the same points in interleaved
+    rounds (a quick one repeated within each round), the certificates from one call on all the points."""
+    from gloro.certify import base, compare
 
     net, (x, y) = trained
     calls = {}
-    original = gloro.certify.base.Certifier.__call__
+    original = base.Certifier.__call__
 
-    def counted(self, *args, **kwargs):
-        calls[self.name] = calls.get(self.name, 0) + 1
-        return original(self, *args, **kwargs)
+    def counted(self, net, images, *args, **kwargs):
+        calls.setdefault(self.name, []).append(len(images))
+        return original(self, net, images, *args, **kwargs)
 
-    monkeypatch.setattr(gloro.certify.base.Certifier, "__call__", counted)
-    rows = {
-        row["certifier"]: row for row in compare.compare_certifiers(net, x[:60], y[:60], EPSILON, ["global", "local"])
-    }
-    assert rows["global"]["time_over_first"] == 1.0 and rows["local"]["timed_side_by_side"]
-    assert calls["global"] >= 1 + 3 and calls["local"] >= 1 + 3  # one call each, then at least three rounds
-    assert calls["global"] >= calls["local"]  # the quicker one as often, or repeated within each round
-    assert rows["local"]["certified_not_by_first"] >= 0 and rows["local"]["vra"] >= rows["global"]["vra"]
+    monkeypatch.setattr(base.Certifier, "__call__", counted)
+    rows = compare.compare_certifiers(net, x[:60], y[:60], EPSILON, ["global", "local"])
+    rows = {row["certifier"]: row for row in rows}
+    assert rows["global"]["time_over_first"] == 1.0 and rows["local"]["timed_points"] == 60
+    assert calls["local"] == [60] * (1 + compare.ROUNDS)  # one call for the certificate, one per round
+    assert len(calls["global"]) >= 1 + compare.ROUNDS and len(calls["global"]) % compare.ROUNDS == 1
+    full = {name: create_certifier(name)(net, x[:60], EPSILON) for name in ("global", "local")}
+    for name, certificate in full.items():  # the rounds leave the certificates as one call gives them
+        assert rows[name]["certified"] == int(certificate.certified.sum())
+    assert rows["local"]["vra"] >= rows["global"]["vra"]
 
     calls.clear()
-    monkeypatch.setattr(compare, "SIDE_BY_SIDE_SECONDS", 0.0)  # every certifier counts as slow
+    monkeypatch.setattr(compare, "CALL_SECONDS", 0.0)  # slower than allowed: one point timed, the same for all
     rows = {
         row["certifier"]: row for row in compare.compare_certifiers(net, x[:60], y[:60], EPSILON, ["global", "local"])
     }
-    assert calls == {"global": 1, "local": 1} and not rows["local"]["timed_side_by_side"]
-    assert rows["local"]["time_over_first"] == pytest.approx(rows["local"]["seconds"] / rows["global"]["seconds"])
+    assert rows["local"]["timed_points"] == 1 and calls["local"][1:] == [1] * compare.ROUNDS
+    assert set(calls["global"][1:]) == {1} and calls["global"][0] == calls["local"][0] == 60

@@ -8,11 +8,14 @@ from collections.abc import Sequence
 
 import torch
 
+from gloro.certificate import Certificate
+from gloro.certify.base import Certifier
 from gloro.certify.registry import create_certifier
 from gloro.gloro_net import GloroNet
 from gloro.timing import interleaved_rounds, median_ratio
 
-SIDE_BY_SIDE_SECONDS = 2.0  # a certifier whose call takes longer runs once: rounds of it would cost minutes
+CALL_SECONDS = 1.0  # the slowest certifier's timed call: on as many of the points as fit in this
+ROUNDS = 7  # interleaved rounds of timed calls: the medians and the ratios' median come from these
 
 
 def compare_certifiers(
@@ -21,51 +24,59 @@ def compare_certifiers(
     """One `Certificate.to_row` per named certifier on `images` at ε, each with how many points it certifies
     that the first certifier does not (and the reverse) and its time per point over the first one's.
 
-    After one call each (which pays one-off work), the certifiers whose call takes under
-    `SIDE_BY_SIDE_SECONDS` are timed side by side (`side_by_side`): their seconds are medians over rounds and
-    their ratio to the first is the median of the rounds' ratios, so that a machine that slows down mid-job
-    moves both sides alike. A slower one keeps its single call, its ratio that call over the first's median.
+    The certificates come from one call each on all the points (which also pays one-off work). The times come
+    from `side_by_side`: every certifier on the same first points, in interleaved rounds, so that a machine
+    that slows down mid-job moves all sides alike; each row's `seconds` is its median round's time per point
+    times the number of points, `timed_points` how many were timed, and `time_over_first` the median over
+    rounds of its time over the first certifier's.
     """
     if not names:
         raise ValueError("name at least one certifier to compare")
     certifiers = {name: create_certifier(name) for name in dict.fromkeys(names)}
     certificates = {name: certifier(net, images, epsilon) for name, certifier in certifiers.items()}
-    quick = [name for name in certifiers if certificates[name].seconds < SIDE_BY_SIDE_SECONDS]
-    rounds = side_by_side({name: certifiers[name] for name in quick}, net, images, epsilon, certificates)
-    for name, seconds in rounds.items():
-        certificates[name] = dataclasses.replace(certificates[name], seconds=statistics.median(seconds))
+    points, rounds = side_by_side(certifiers, net, images, epsilon, certificates)
     first_name = names[0]
     first = certificates[first_name]
     rows = []
     for name in names:
-        certificate = certificates[name]
+        certificate = dataclasses.replace(
+            certificates[name], seconds=statistics.median(rounds[name]) / points * len(images)
+        )
         row = certificate.to_row(labels)
         row["certified_not_by_first"] = int((certificate.certified & ~first.certified).sum())
         row["first_not_certified"] = int((first.certified & ~certificate.certified).sum())
-        if name in rounds and first_name in rounds:
-            row["time_over_first"] = median_ratio(rounds[name], rounds[first_name])
-        else:
-            row["time_over_first"] = certificate.seconds / first.seconds if first.seconds > 0 else float("inf")
-        row["timed_side_by_side"] = name in rounds and first_name in rounds
+        row["time_over_first"] = median_ratio(rounds[name], rounds[first_name])
+        row["timed_points"] = points
         rows.append(row)
     return rows
 
 
-def side_by_side(certifiers: dict, net: GloroNet, images: torch.Tensor, epsilon: float, first_calls: dict) -> dict:
-    """Seconds per call of each certifier in interleaved rounds (`gloro.timing.interleaved_rounds`): in a
-    round each runs as many calls as fit in the slowest one's first call, so that a quick certifier beside a
-    slow one is timed over as long a stretch of the machine's time, not once per slow call."""
-    if not certifiers:
-        return {}
-    longest = max(first_calls[name].seconds for name in certifiers)
-    repeats = {name: min(1000, max(1, round(longest / max(first_calls[name].seconds, 1e-6)))) for name in certifiers}
+def side_by_side(
+    certifiers: dict[str, Certifier],
+    net: GloroNet,
+    images: torch.Tensor,
+    epsilon: float,
+    first_calls: dict[str, Certificate],
+) -> tuple[int, dict[str, list[float]]]:
+    """How many of the first points are timed, and each certifier's seconds per call on them in `ROUNDS`
+    interleaved rounds (`gloro.timing.interleaved_rounds`). The points are as many as the slowest certifier
+    certifies in `CALL_SECONDS` by its first call's pace (all of them when it is quicker); in a round each
+    certifier runs as many calls as fit in the slowest one's, so that a quick one is timed over as long a
+    stretch of the machine's time and not at the scheduler's resolution."""
+    pace = {name: first_calls[name].seconds / len(images) for name in certifiers}
+    slowest = max(pace.values())
+    points = len(images) if slowest * len(images) <= CALL_SECONDS else max(1, int(CALL_SECONDS / slowest))
+    subset = images[:points]
+    repeats = {name: min(1000, max(1, round(slowest / max(pace[name], 1e-12)))) for name in certifiers}
 
     def block(name: str):
         def run() -> None:
             for _ in range(repeats[name]):
-                certifiers[name](net, images, epsilon)
+                certifiers[name](net, subset, epsilon)
 
         return run
 
-    rounds = interleaved_rounds({name: block(name) for name in certifiers})
-    return {name: [seconds / repeats[name] for seconds in times] for name, times in rounds.items()}
+    rounds = interleaved_rounds(
+        {name: block(name) for name in certifiers}, min_seconds=0.0, min_rounds=ROUNDS, max_rounds=ROUNDS
+    )
+    return points, {name: [seconds / repeats[name] for seconds in times] for name, times in rounds.items()}

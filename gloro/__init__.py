@@ -1,7 +1,7 @@
 """gloro-bench: Globally-Robust Neural Networks (Leino, Wang, Fredrikson, ICML 2021) in PyTorch.
 
 The public API is one name per job; everything else is reachable from its submodule (`gloro.local_certify`,
-`gloro.tightness`, `gloro.schedules`, `gloro.losses`, ...), as docs/library.md lists.
+`gloro.tightness`, `gloro.schedules`, `gloro.losses`, ...).
 """
 
 from gloro.architectures import architectures, create_model, register_architecture

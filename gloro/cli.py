@@ -70,10 +70,8 @@ def list_methods(args: argparse.Namespace) -> int:
     for name in methods():
         method = get_method(name)
         losses = ", ".join(f"{loss} ({label})" for loss, label in zip(method.losses, method.labels, strict=True))
-        print(
-            f"{name}: losses {losses}; certified by {method.certifier}"
-            + (f"; {method.reference}" * bool(method.reference))
-        )
+        reference = f"; {method.reference}" if method.reference else ""
+        print(f"{name}: losses {losses}; certified by {method.certifier}{reference}")
         print("  options: " + describe_options(method.options_class).replace("\n", "\n           "))
     return 0
 

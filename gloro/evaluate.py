@@ -18,7 +18,7 @@ import torch
 from gloro.certificate import Certificate
 from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.precision import exact_arithmetic
-from gloro.timing import interleaved_rounds, median_ratio, repeated_seconds
+from gloro.timing import interleaved_rounds, median_ratio, ratio_quartiles, repeated_seconds
 
 # The ℓ2 radii at which papers on certified robustness report VRA for images on the [0, 1] scale.
 STANDARD_RADII: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 255 / 255)
@@ -174,10 +174,10 @@ def certification_report(
     Lipschitz constants of `lipschitz_summary`; and throughput over the same batches: forward_points_per_second
     (the wrapped model's logits alone) and certify_points_per_second (logits plus the certificate, with the
     sound K_ij computed once beforehand, its time in sound_constants_seconds: the median of calls repeated to
-    0.2 s), from the median seconds of
-    passes over the whole split timed in interleaved rounds after an untimed one (`gloro.timing`: at least
-    0.2 s and 3 rounds a side, their number in timing_rounds), and certify_slowdown, the median of the
-    rounds' certify ÷ forward. forward_seconds and certify_seconds are one pass's median seconds.
+    0.2 s), from the median seconds of passes over the whole split timed in interleaved rounds after an untimed
+    one (`gloro.timing`: at least 0.2 s and 3 rounds a side, their number in timing_rounds), and
+    certify_slowdown, the median of the rounds' certify ÷ forward (certify_slowdown_q1 and _q3 its quartiles
+    over rounds). forward_seconds and certify_seconds are one pass's median seconds.
     """
     epsilon = net.eval_epsilon if epsilon is None else check_epsilon(epsilon)
     if len(images) != len(labels) or len(labels) == 0:
@@ -231,6 +231,7 @@ def certification_report(
         lipschitz = lipschitz_summary(net)
     finally:
         net.train(was_training)
+    quartiles = ratio_quartiles(seconds["certify"], seconds["forward"])
     predictions = torch.cat([part.predictions for part in parts]).cpu()
     certified = torch.cat([part.certified for part in parts]).cpu()
     radius = torch.cat([part.radius for part in parts]).cpu()
@@ -253,6 +254,8 @@ def certification_report(
         "forward_points_per_second": n / forward_seconds if forward_seconds > 0 else math.inf,
         "certify_points_per_second": n / certify_seconds if certify_seconds > 0 else math.inf,
         "certify_slowdown": median_ratio(seconds["certify"], seconds["forward"]),
+        "certify_slowdown_q1": quartiles[0],
+        "certify_slowdown_q3": quartiles[1],
         "forward_seconds": forward_seconds,
         "certify_seconds": certify_seconds,
         "timing_rounds": len(seconds["forward"]),

@@ -94,6 +94,8 @@ def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
         "forward_points_per_second": certified["forward_points_per_second"],
         "certify_points_per_second": certified["certify_points_per_second"],
         "certify_slowdown": certified.get("certify_slowdown"),  # median of the rounds' certify ÷ forward time
+        "certify_slowdown_q1": certified.get("certify_slowdown_q1"),  # and its quartiles over the rounds
+        "certify_slowdown_q3": certified.get("certify_slowdown_q3"),
         **{f"vra_{c['certifier']}": c["vra"] for c in certify["certificates"]},
         **{f"sec_per_point_{c['certifier']}": c["sec_per_point"] for c in certify["certificates"]},
         "method_settings": json.dumps(train["method"]["recipe"], sort_keys=True),
@@ -136,9 +138,13 @@ def certification_cost(runs: pd.DataFrame, reports: Mapping[str, RunReports]) ->
                 "sec_per_point_global": globally["sec_per_point"],
                 "sec_per_point_local": local["sec_per_point"],
                 "local_over_global_time": local["time_over_first"],  # global is first: timed side by side
+                "local_over_global_time_low": local.get("time_over_first_q1"),
+                "local_over_global_time_high": local.get("time_over_first_q3"),
                 "forward_points_per_second": run["forward_points_per_second"],
                 "certify_points_per_second": run["certify_points_per_second"],
                 "certify_over_forward_throughput": throughput_ratio(run),
+                "certify_over_forward_throughput_low": inverse(run.get("certify_slowdown_q3")),
+                "certify_over_forward_throughput_high": inverse(run.get("certify_slowdown_q1")),
             }
         )
     return pd.DataFrame(rows)
@@ -151,6 +157,11 @@ def throughput_ratio(run: pd.Series) -> float:
     if slowdown is not None and not pd.isna(slowdown) and slowdown > 0:
         return 1 / slowdown
     return run["certify_points_per_second"] / run["forward_points_per_second"]
+
+
+def inverse(value) -> float | None:
+    """1 ÷ value, None where it is missing (a run folder written before it was recorded) or not positive."""
+    return None if value is None or pd.isna(value) or value <= 0 else 1 / value
 
 
 def certifier_comparison(reports: Mapping[str, RunReports]) -> pd.DataFrame:
@@ -330,12 +341,32 @@ def cost_view(table: pd.DataFrame) -> pd.DataFrame:
             "Only local": table["certified_local_only"],
             "Global ms/point†": [significant(1000 * v) for v in table["sec_per_point_global"]],
             "Local ms/point†": [significant(1000 * v) for v in table["sec_per_point_local"]],
-            "Local ÷ global": [f"{significant(v)}×" for v in table["local_over_global_time"]],
+            "Local ÷ global": spread_cells(table, "local_over_global_time"),
             "Forward k points/s†": [significant(v / 1000) for v in table["forward_points_per_second"]],
             "Certify k points/s†": [significant(v / 1000) for v in table["certify_points_per_second"]],
-            "Certify ÷ forward": [f"{significant(v)}×" for v in table["certify_over_forward_throughput"]],
+            "Certify ÷ forward": spread_cells(table, "certify_over_forward_throughput"),
         }
     )
+
+
+def spread_cell(value, low, high) -> str:
+    """A ratio with its spread over timed rounds ('0.25× (0.24–0.26×)'), or 'unsteady: low–high×' where the
+    spread leaves ±15% of it: the job was too short or too disturbed to measure it as one number."""
+    if value is None or pd.isna(value):
+        return ""
+    if any(v is None or pd.isna(v) for v in (low, high)):
+        return f"{significant(value)}×"
+    text = f"{significant(low)}–{significant(high)}×"
+    if low < UNSTEADY_LOW * value or high > UNSTEADY_HIGH * value:
+        return f"unsteady: {text}"
+    return f"{significant(value)}× ({text})"
+
+
+def spread_cells(table: pd.DataFrame, column: str) -> list[str]:
+    """`spread_cell` for each row of `column`, its spread from `<column>_low` and `_high` where present."""
+    low = table.get(f"{column}_low", pd.Series([None] * len(table), index=table.index))
+    high = table.get(f"{column}_high", pd.Series([None] * len(table), index=table.index))
+    return [spread_cell(v, lo, hi) for v, lo, hi in zip(table[column], low, high, strict=True)]
 
 
 def significant(value: float, digits: int = 2) -> str:
@@ -372,15 +403,6 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
     def ratio(value):
         return "" if value is None or pd.isna(value) else f"{significant(value)}×"
 
-    def time_ratio(value, low, high):
-        """The ratio with its spread; a spread beyond ±15% of it says the run was too short to measure it."""
-        if any(v is None or pd.isna(v) for v in (value, low, high)):
-            return ratio(value)
-        text = f"{significant(low)}–{significant(high)}×"
-        if low < UNSTEADY_LOW * value or high > UNSTEADY_HIGH * value:
-            return f"unsteady: {text}"
-        return f"{ratio(value)} ({text})"
-
     view = pd.DataFrame(
         {
             "Data set": table["dataset"],
@@ -396,7 +418,7 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
             "Cert. ms/point†": [significant(v) for v in table["cert_ms_per_point"]],
             "Rounding pts": ["" if pd.isna(v) else f"{v:.2f}" for v in table["rounding_cost"]],
             "GloRo time ÷ this": [
-                time_ratio(*values) for values in zip(*(table[f"gloro_time_ratio{e}"] for e in ("", "_low", "_high")))
+                spread_cell(*values) for values in zip(*(table[f"gloro_time_ratio{e}"] for e in ("", "_low", "_high")))
             ],
             "GloRo memory ÷ this": [ratio(v) for v in table["gloro_mem_ratio"]],
             "Note": ["" if pd.isna(v) else v for v in table["note"]],

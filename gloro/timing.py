@@ -49,6 +49,18 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
     return statistics.median(ratios) if ratios else float("inf")
 
 
+def ratio_quartiles(numerator: list[float], denominator: list[float]) -> tuple[float, float]:
+    """The first and third quartiles over rounds of numerator ÷ denominator, each round's two sides paired:
+    the spread of the middle half of the rounds, which a table prints beside the median (one round: its ratio)."""
+    ratios = sorted(a / b for a, b in zip(numerator, denominator) if b > 0)
+    if not ratios:
+        return float("inf"), float("inf")
+    if len(ratios) == 1:
+        return ratios[0], ratios[0]
+    first, _, third = statistics.quantiles(ratios, n=4, method="inclusive")
+    return first, third
+
+
 def repeated_seconds(
     first: float, work: Callable[[], float], *, min_seconds: float = MIN_SECONDS, max_rounds: int = MAX_ROUNDS
 ) -> list[float]:

@@ -313,6 +313,9 @@ def test_compared_certifiers_are_timed_side_by_side_on_the_points_the_slowest_ce
     rows = compare.compare_certifiers(net, x[:60], y[:60], EPSILON, ["global", "local"])
     rows = {row["certifier"]: row for row in rows}
     assert rows["global"]["time_over_first"] == 1.0 and rows["local"]["timed_points"] == 60
+    assert (
+        rows["local"]["time_over_first_q1"] <= rows["local"]["time_over_first"] <= rows["local"]["time_over_first_q3"]
+    )
     assert calls["local"] == [60] * (1 + compare.ROUNDS)  # one call for the certificate, one per round
     assert len(calls["global"]) >= 1 + compare.ROUNDS and len(calls["global"]) % compare.ROUNDS == 1
     full = {name: create_certifier(name)(net, x[:60], EPSILON) for name in ("global", "local")}

@@ -120,3 +120,19 @@ def test_the_time_ratio_is_the_one_timed_in_the_rows_own_job_not_one_from_two_jo
     )
     assert table.loc["GloRo-T", "gloro_time_ratio"] == 0.9 and pd.isna(table.loc["GloRo", "gloro_time_ratio"])
     assert table.loc["KW", "gloro_mem_ratio"] == 1.0 and pd.isna(table.loc["GloRo", "gloro_mem_ratio"])
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "text"),
+    [
+        (0.25, 0.24, 0.26, "0.25× (0.24–0.26×)"),
+        (0.25, 0.2, 0.26, "unsteady: 0.20–0.26×"),  # the spread leaves ±15% of the ratio: not one number
+        (210.0, 190.0, 260.0, "unsteady: 190–260×"),
+        (0.25, None, None, "0.25×"),  # a run folder written before the spread was kept
+        (None, None, None, ""),
+    ],
+)
+def test_a_ratio_is_printed_with_its_spread_or_as_unsteady(value, low, high, text):
+    from gloro.report import spread_cell
+
+    assert spread_cell(value, low, high) == text

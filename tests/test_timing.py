@@ -70,3 +70,12 @@ def test_a_quick_certifier_is_timed_over_repeated_calls_with_the_same_certificat
     assert len(calls) > 1  # a 32-point global certification takes far less than 0.2 s
     assert torch.equal(timed.certified, once.certified) and torch.equal(timed.radius, once.radius)
     assert 0 < timed.seconds < 0.2
+
+
+def test_ratio_quartiles_pair_the_rounds_and_bracket_the_median():
+    from gloro.timing import ratio_quartiles
+
+    numerator, denominator = [2.0, 3.0, 8.0, 4.0, 5.0], [1.0, 1.0, 2.0, 1.0, 1.0]  # ratios 2, 3, 4, 4, 5
+    low, high = ratio_quartiles(numerator, denominator)
+    assert low == 3.0 and high == 4.0 and low <= median_ratio(numerator, denominator) <= high
+    assert ratio_quartiles([2.0], [4.0]) == (0.5, 0.5)

@@ -12,7 +12,7 @@ from gloro.certificate import Certificate
 from gloro.certify.base import Certifier
 from gloro.certify.registry import create_certifier
 from gloro.gloro_net import GloroNet
-from gloro.timing import interleaved_rounds, median_ratio
+from gloro.timing import interleaved_rounds, median_ratio, ratio_quartiles
 
 CALL_SECONDS = 1.0  # the slowest certifier's timed call: on as many of the points as fit in this
 ROUNDS = 7  # interleaved rounds of timed calls: the medians and the ratios' median come from these
@@ -28,7 +28,7 @@ def compare_certifiers(
     from `side_by_side`: every certifier on the same first points, in interleaved rounds, so that a machine
     that slows down mid-job moves all sides alike; each row's `seconds` is its median round's time per point
     times the number of points, `timed_points` how many were timed, and `time_over_first` the median over
-    rounds of its time over the first certifier's.
+    rounds of its time over the first certifier's (`time_over_first_q1`, `_q3`: its quartiles over rounds).
     """
     if not names:
         raise ValueError("name at least one certifier to compare")
@@ -46,6 +46,7 @@ def compare_certifiers(
         row["certified_not_by_first"] = int((certificate.certified & ~first.certified).sum())
         row["first_not_certified"] = int((first.certified & ~certificate.certified).sum())
         row["time_over_first"] = median_ratio(rounds[name], rounds[first_name])
+        row["time_over_first_q1"], row["time_over_first_q3"] = ratio_quartiles(rounds[name], rounds[first_name])
         row["timed_points"] = points
         rows.append(row)
     return rows

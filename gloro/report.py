@@ -437,8 +437,8 @@ def measured_on(runs: pd.DataFrame, date: str) -> str:
 
 MACHINE_TIMES = (
     "† a time or rate of this machine during the job, which its load moves: on a shared 2-core host, two make "
-    "runs in a row moved such cells by up to 1.6× while every ratio timed within one job stayed within ±15% "
-    "(benchmarks/README.md); compare methods and runs by the ratios"
+    "runs in a row moved such cells by up to 1.7× (benchmarks/README.md); compare methods and runs by the ratios, "
+    "each timed within one job"
 )
 
 
@@ -448,9 +448,9 @@ def cost_caption(runs: pd.DataFrame, date: str) -> str:
         f"Certification cost, measured {measured_on(runs, date)}: the global and local certificates on the same "
         "test points (local: per-point Lipschitz bounds; only local: points it certifies and the global one does "
         "not), and throughput over the whole test split, certifying (forward pass and certificate) against the "
-        "plain forward pass of the same batches, in interleaved rounds (certify ÷ forward: the median of the "
-        "rounds' ratios); global and local timed side by side on the same points (local ÷ global: the median of "
-        f"the rounds' ratios); {MACHINE_TIMES}."
+        "plain forward pass of the same batches, in interleaved rounds; global and local timed side by side on the "
+        "same points (certify ÷ forward and local ÷ global: the median of the rounds' ratios, the middle half of "
+        f"them in parentheses, 'unsteady' where those leave ±15%); {MACHINE_TIMES}."
     )
 
 

@@ -8,7 +8,7 @@ from gloro.data import cache_file, dataset_available, datasets
 from gloro.experiment import Experiment, cost_reference
 from gloro.plugins import load_plugins
 
-load_plugins(config["plugins"])  # before any experiment is read: the methods and certifiers they register
+load_plugins(config["plugins"])  # before any experiment is read: the methods, certifiers and architectures
 if unknown := sorted(set(config["evaluation"]["compare_certifiers"]) - set(list_certifiers())):
     raise ValueError(
         f"evaluation.compare_certifiers: unknown certifiers {unknown}; known: {', '.join(list_certifiers())}"

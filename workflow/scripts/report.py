@@ -7,7 +7,7 @@ from gloro.report import write_report
 from gloro.run_files import ReportFiles, RunReports
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    load_plugins(snakemake.config["plugins"])  # the config's own methods and certifiers, registered by name
+    load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures
     inputs = snakemake.input
     reports = {
         name: RunReports(train=train, history=history, certify=certify, attack=attack, bounds=bounds, steps=steps)

@@ -11,7 +11,7 @@ from gloro.plugins import load_plugins
 from gloro.run_files import StepCostFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    load_plugins(snakemake.config["plugins"])  # the config's own methods and certifiers, registered by name
+    load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures
     torch.set_num_threads(snakemake.threads)
     keep_freed_memory()  # as in training, whose steps these are
     experiment = Experiment.from_config(snakemake.wildcards.experiment, snakemake.params.settings)

@@ -27,11 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from gloro.layers import MinMax
+from gloro.layer_rules import rule_for
 from gloro.margin import head_distances
 from gloro.outward import TINY32, TINY64, U32, U64, gamma, norm_up, row_norms_up, spectral_norm_upper, unit_roundoff, up
-
-EXACT_LAYERS = (nn.ReLU, MinMax, nn.Flatten, nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -163,6 +161,14 @@ class AffineStep:
         return up(up(norm_up(self.bias) * math.sqrt(outputs / len(self.bias))) * (1 + 2 * U64))
 
 
+def _role(layer: nn.Module) -> str:
+    """The layer's role; the rounding model reads primitive layers only, so a block must be lowered first."""
+    role = rule_for(layer).role
+    if role == "block":
+        raise ValueError(f"{layer!r} is a block: give the rounding model its primitives (GloroNet.primitive_layers)")
+    return role
+
+
 def _spread(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A per-row (B,) value broadcast against a (B, ...) tensor."""
     return values.view(-1, *([1] * (like.dim() - 1)))
@@ -186,13 +192,6 @@ def _within_reach(lower: torch.Tensor, upper: torch.Tensor, centre: torch.Tensor
     spread = _spread(reach, centre)
     slack = 4 * U64 * (centre.abs() + spread) + TINY64
     return torch.maximum(lower, centre - spread - slack), torch.minimum(upper, centre + spread + slack)
-
-
-def _minmax_error(units: torch.Tensor) -> torch.Tensor:
-    """Per-unit error after MinMax: each output of a pair is off by at most the larger of the pair's errors."""
-    channels = units.shape[1]
-    pairs = units.unflatten(1, (channels // 2, 2))
-    return pairs.amax(dim=2, keepdim=True).expand_as(pairs).flatten(1, 2)
 
 
 @dataclass(frozen=True)
@@ -222,7 +221,7 @@ class RoundingModel:
         self.input_shape = tuple(input_shape)
         self.distances = head_distances(head.weight, exact=True).cpu()
         self.steps: list[AffineStep | nn.Module] = [
-            copy.deepcopy(layer).cpu() if type(layer) in EXACT_LAYERS else AffineStep(layer, norm)
+            AffineStep(layer, norm) if _role(layer) == "affine" else copy.deepcopy(layer).cpu()
             for layer, norm in zip(body, layer_norms)
         ]
         self.head = AffineStep(head, math.inf)
@@ -252,10 +251,8 @@ class RoundingModel:
         norm_bound = torch.minimum(row_norms_up(centre) + radius, row_norms_up(torch.maximum(lower.abs(), upper.abs())))
         for step in self.steps:
             if not isinstance(step, AffineStep):  # monotone in each input: the interval's ends map to the output's
-                if isinstance(step, nn.ReLU):  # a computed pre-activation ≤ 0 gives exactly ±0, as the exact one does
-                    units = units.masked_fill(upper + units <= 0, 0.0)
+                units = rule_for(step).carry_error(step, units, upper)
                 lower, upper, centre = step(lower), step(upper), step(centre)
-                units = _minmax_error(units) if isinstance(step, MinMax) else step(units)
                 continue
             reach = centre_error + lipschitz * radius  # ‖h(x′) − ĉ‖ ≤ reach on the region
             rounding_units, carried, fits = self._rounding(step, lower, upper, centre, reach, norm_bound, error, units)
@@ -373,10 +370,8 @@ class RoundingModel:
             reach = (2 * error + lipschitz * radius) * (1 + 4 * U64)
             if isinstance(step, nn.ReLU):  # ẑ(x′) ≤ ĉ + 2e + L·r per unit: ≤ 0 on the whole ball gives ±0
                 nonzero = centre > -_spread(_float32_up(reach), centre)
-            elif isinstance(step, MinMax):
-                nonzero = _minmax_error(nonzero.to(torch.uint8)).bool()
-            elif not isinstance(step, AffineStep):
-                nonzero = step(nonzero.to(torch.uint8)).bool()
+            elif not isinstance(step, AffineStep):  # an output can be nonzero where an input it reads can
+                nonzero = rule_for(step).carry_error(step, nonzero.to(torch.uint8), centre).bool()
             else:
                 _, norm, fits = self._rounding32(step, centre, nonzero, reach)
                 overflow |= ~fits

@@ -15,7 +15,8 @@ from torch import nn
 from gloro.certificate import Certificate
 from gloro.forward_error import ForwardError, RoundingModel, box_error
 from gloro.inference import forward_in_place
-from gloro.lipschitz import ConstantBound, bound_for
+from gloro.layer_rules import bound_for, layer_input_shapes, primitives, role_of
+from gloro.lipschitz import ConstantBound
 from gloro.margin import MarginCertifier, head_distances, radius_from_rows, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
 from gloro.precision import exact_arithmetic
@@ -33,24 +34,6 @@ def flatten_sequential(model: nn.Module) -> list[nn.Module]:
     for child in model:
         layers.extend(flatten_sequential(child) if type(child) is nn.Sequential else [child])
     return layers
-
-
-def layer_input_shapes(layers: Sequence[nn.Module], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """The per-example input shape of every layer, found by one forward pass of a zero example."""
-    shapes = []
-    reference = next((p for layer in layers for p in layer.parameters()), torch.empty(0))
-    x = torch.zeros((1, *input_shape), dtype=reference.dtype, device=reference.device)
-    with torch.no_grad():
-        for layer in layers:
-            shapes.append(tuple(x.shape[1:]))
-            try:
-                x = layer(x)
-            except RuntimeError as error:
-                raise ValueError(
-                    f"input_shape {tuple(input_shape)} does not fit the model: layer {layer!r} fails on "
-                    f"inputs of shape {tuple(x.shape[1:])} ({error})"
-                ) from error
-    return shapes
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,6 +266,14 @@ class GloroNet(nn.Module):
         iterations = self.power_iterations if self.training else 0
         return [bound.estimate(layer, iterations) for bound, layer in zip(self.bounds, self.layers)]
 
+    def primitive_layers(self) -> list[nn.Module]:
+        """The layers the certifiers reason about: `layers` with every block lowered (`gloro.layer_rules`)."""
+        return primitives(self.layers)
+
+    def primitive_bounds(self, fast: bool = False) -> list[torch.Tensor]:
+        """Sound bounds of every primitive layer but the head, in the order of `primitive_layers`."""
+        return [part for bound, layer in zip(self.bounds, self.layers) for part in bound.sound_parts(layer, fast)]
+
     def sub_lipschitz(self, sound: bool = False) -> torch.Tensor:
         """K: the product of the bounds of all layers but the last (sound: each product rounded up)."""
         values = self.layer_bounds(sound)
@@ -307,9 +298,10 @@ class GloroNet(nn.Module):
                 "model's; wrap the model in a new GloroNet"
             )
         with torch.no_grad(), exact_arithmetic():
-            norms = [float(value) for value in self.layer_bounds(sound=True, fast=fast)]
+            norms = [float(value) for value in self.primitive_bounds(fast)]
             sub = product_up(norms)
-            rounding = RoundingModel(self.layers, self.input_shape, norms, self.input_range, self.head.weight.dtype)
+            layers = self.primitive_layers()
+            rounding = RoundingModel(layers, self.input_shape, norms, self.input_range, self.head.weight.dtype)
             error = box_error(rounding)
         margin_lipschitz = sound_margin_lipschitz(sub, self.head.weight)
         return SoundConstants(sub, margin_lipschitz, error.margin_offsets(rounding.distances), error, rounding)
@@ -423,7 +415,8 @@ def infer_input_shape(layers: Sequence[nn.Module], architecture) -> tuple[int, .
     """Input shape from the registry spec, or from a leading Linear; convolutions need it given."""
     if architecture is not None:
         return tuple(architecture.input_shape)
-    first = next((layer for layer in layers if type(layer) not in (nn.Flatten, nn.Identity)), None)
+    layers = primitives(layers)
+    first = next((layer for layer in layers if role_of(layer) != "reshape"), None)
     if type(first) is nn.Linear and not any(isinstance(layer, nn.Conv2d | nn.AvgPool2d) for layer in layers):
         return (first.in_features,)
     raise ValueError("GloroNet needs input_shape=(C, H, W): convolutions are bounded at their real input size")

@@ -19,7 +19,6 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from gloro import native, power_path
-from gloro.layers import MinMax
 from gloro.outward import U64, gamma, norm_up, spectral_norm_upper, up
 
 # Explicit operators up to this many entries (in x out) are bounded by an exact eigen-decomposition.
@@ -55,6 +54,10 @@ class LayerBound(nn.Module):
         """A guaranteed upper bound on the layer's ℓ2 Lipschitz constant, as a float64 scalar; `fast` may trade
         a little tightness for time (a conv's circulant bound instead of its explicit matrix)."""
         raise NotImplementedError
+
+    def sound_parts(self, layer: nn.Module, fast: bool = False) -> list[torch.Tensor]:
+        """`sound` per primitive layer that `layer` computes through: one for a primitive, more for a block."""
+        return [self.sound(layer, fast)]
 
 
 class ConstantBound(LayerBound):
@@ -443,29 +446,3 @@ def avg_pool2d_norm(layer: nn.AvgPool2d, input_shape: Sequence[int]) -> float:
     kernel = torch.full((1, 1, kh, kw), up(1.0 / (kh * kw)), dtype=torch.float64)  # ≥ 1/k²: the norm can only grow
     stride = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
     return float(conv2d_sound_norm(kernel, (1, *input_shape[1:]), stride, _pair(layer.padding)))
-
-
-UNIT_LAYERS = (nn.ReLU, MinMax, nn.Flatten, nn.Identity)
-
-
-def bound_for(layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None = None) -> LayerBound:
-    """The Lipschitz bound of `layer` acting on inputs of shape `input_shape` (without the batch axis).
-
-    Types are matched exactly, not by subclass: a subclass may change forward and so the constant.
-    """
-    kind = type(layer)
-    if kind in UNIT_LAYERS:
-        return ConstantBound(1.0)
-    if kind is nn.Linear:
-        return LinearBound(layer, generator)
-    if kind is nn.Conv2d:
-        if len(input_shape) != 3:
-            raise ValueError(f"{layer!r} needs a (C, H, W) input shape, got {tuple(input_shape)}")
-        return Conv2dBound(layer, input_shape, generator)
-    if kind is nn.AvgPool2d:
-        return ConstantBound(avg_pool2d_norm(layer, input_shape))
-    supported = ", ".join(t.__name__ for t in (*UNIT_LAYERS, nn.Linear, nn.Conv2d, nn.AvgPool2d))
-    raise UnsupportedLayerError(
-        f"no Lipschitz bound is known for layer {kind.__name__} ({layer!r}); supported layers: {supported}. "
-        "Counting it as 1 would make certificates unsound: replace the layer or add a bound for it."
-    )

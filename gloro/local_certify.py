@@ -39,7 +39,8 @@ from torch.nn.modules.utils import _pair
 
 from gloro.certificate import Certificate
 from gloro.eigen import gram_lower, largest_eigenvalues
-from gloro.gloro_net import GloroNet, check_epsilon, layer_input_shapes
+from gloro.gloro_net import GloroNet, check_epsilon
+from gloro.layer_rules import layer_input_shapes, role_of
 from gloro.layers import MinMax
 from gloro.lipschitz import UnsupportedLayerError, conv_padding
 from gloro.margin import radius_from_rows
@@ -54,9 +55,6 @@ CROWN_ROUNDING = 16 * torch.finfo(torch.float64).eps
 LOCAL_EXPLICIT_MAX_ENTRIES = 1 << 23
 # Points per chunk of masked head differences are chosen so a chunk holds at most this many float64 entries (128 MiB).
 CHUNK_ENTRIES = 1 << 24
-
-AFFINE_LAYERS = (nn.Linear, nn.Conv2d, nn.AvgPool2d)
-RESHAPE_LAYERS = (nn.Flatten, nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -192,10 +190,11 @@ class LocalPlan:
 
     def __init__(self, net: GloroNet, max_entries: int = LOCAL_EXPLICIT_MAX_ENTRIES) -> None:
         self.net = net
-        self.body = net.layers[:-1]
-        shapes = layer_input_shapes(net.layers, net.input_shape)
+        layers = net.primitive_layers()
+        self.body = layers[:-1]
+        shapes = layer_input_shapes(layers, net.input_shape)
         with torch.no_grad():
-            global_bounds = net.layer_bounds(sound=True)
+            global_bounds = net.primitive_bounds()
             constants = net.sound_constants(fresh=True)  # computed afresh from the weights, never a frozen copy
             self.global_margin_lipschitz = constants.margin_lipschitz
             self.offsets = constants.offsets
@@ -204,14 +203,13 @@ class LocalPlan:
         self.relu_units = 0
         for index, layer in enumerate(self.body):
             kind = type(layer)
-            if kind in AFFINE_LAYERS:
+            if role_of(layer) == "affine":
                 self.operators[index] = AffineOperator(layer, shapes[index], global_bounds[index], max_entries)
             elif kind is nn.ReLU:
                 self.relu_units += math.prod(shapes[index])
-            elif kind not in (MinMax, *RESHAPE_LAYERS):
+            elif kind is not MinMax and role_of(layer) != "reshape":
                 raise UnsupportedLayerError(
-                    f"local bounds know Linear, Conv2d, AvgPool2d, ReLU, MinMax, Flatten and Identity layers, "
-                    f"not {kind.__name__} ({layer!r})"
+                    f"local bounds know the activations ReLU and MinMax, not {kind.__name__} ({layer!r})"
                 )
         # an affine layer's rows can be masked when a ReLU acts on its output directly (Identity aside)
         self.masks_rows = {}
@@ -235,7 +233,7 @@ def local_lipschitz(net: GloroNet, x: torch.Tensor, epsilon: float, plan: LocalP
     dropped = torch.zeros(n, dtype=torch.int64, device=center.device)
     for index, layer in enumerate(plan.body):
         kind = type(layer)
-        if kind in RESHAPE_LAYERS:
+        if role_of(layer) == "reshape":
             center, lower, upper, zero = layer(center), layer(lower), layer(upper), layer(zero)
         elif kind is nn.ReLU:
             zero = upper < -OFF_TOLERANCE
@@ -330,7 +328,7 @@ def crown_layers(plan: LocalPlan) -> list[tuple[torch.Tensor, torch.Tensor, bool
     steps: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
     for index, layer in enumerate(plan.body):
         kind = type(layer)
-        if kind in RESHAPE_LAYERS:
+        if role_of(layer) == "reshape":
             continue
         if kind is MinMax:
             raise UnsupportedLayerError("the CROWN certifier here relaxes ReLU only; MinMax networks are not supported")

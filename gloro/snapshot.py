@@ -20,10 +20,11 @@ class WeightSnapshot:
 
     def __init__(self, layers: Sequence[nn.Module]) -> None:
         self.layers = list(layers)
+        self.modules = _modules(self.layers)
         self.entries = [
-            (layer._parameters, name, parameter, parameter.detach().clone())
-            for layer in self.layers
-            for name, parameter in layer._parameters.items()
+            (module._parameters, name, parameter, parameter.detach().clone())
+            for module in self.modules
+            for name, parameter in module._parameters.items()
             if parameter is not None
         ]
         self.plan()
@@ -40,11 +41,12 @@ class WeightSnapshot:
 
     def __setstate__(self, state: dict) -> None:
         self.layers, self.entries = state["layers"], state["entries"]
+        self.modules = _modules(self.layers)
         self.plan()
 
     def unchanged(self, layers: Sequence[nn.Module]) -> bool:
         """Whether `layers` (the net's leaf layers now) are the same layers with the same weights."""
-        if list(layers) != self.layers:
+        if list(layers) != self.layers or _modules(layers) != self.modules:  # a block's layer replaced, too
             return False
         same_tensors = all(
             parameters.get(name) is parameter and parameter.data_ptr() == pointer
@@ -61,3 +63,8 @@ class WeightSnapshot:
             and torch.equal(p.detach(), copy)
             for p, (*_, copy) in zip(current, self.entries)
         )
+
+
+def _modules(layers: Sequence[nn.Module]) -> list[nn.Module]:
+    """Every module of `layers`, a block's own layers included, in a fixed order."""
+    return [module for layer in layers for module in layer.modules()]

@@ -226,7 +226,7 @@ def test_bcp_ball_and_box_contain_the_features_of_sampled_points(trained, epsilo
     net, (x, _) = trained
     x = x[:32]
     with torch.no_grad():
-        mu, rho, lower, upper = propagate(net, x, epsilon, net.layer_bounds(sound=True), torch.float64)
+        mu, rho, lower, upper = propagate(net.layers[:-1], x, epsilon, net.layer_bounds(sound=True), torch.float64)
         generator = torch.Generator().manual_seed(1)
         direction = torch.randn((len(x), 64, *x.shape[1:]), generator=generator, dtype=torch.float64)
         direction /= direction.flatten(2).norm(dim=2)[..., None, None, None]
@@ -264,7 +264,7 @@ def test_bcp_boxes_contain_what_an_attack_on_each_unit_reaches(trained, epsilon)
     x = x[:6].double()
     trace = []
     with torch.no_grad():
-        propagate(net, x.float(), epsilon, net.layer_bounds(sound=True), torch.float64, trace)
+        propagate(net.layers[:-1], x.float(), epsilon, net.layer_bounds(sound=True), torch.float64, trace)
     model = copy.deepcopy(net.model).double()
     generator = torch.Generator().manual_seed(2)
     for depth, (_, _, lower, upper) in enumerate(trace, start=1):

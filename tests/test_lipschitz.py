@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import gloro
-from gloro.lipschitz import Conv2dBound, LinearBound, UnsupportedLayerError, bound_for, conv2d_circulant_bound
+from gloro.layer_rules import bound_for
+from gloro.lipschitz import Conv2dBound, LinearBound, UnsupportedLayerError, conv2d_circulant_bound
 
 
 def exact_norm(layer: nn.Module, input_shape: tuple[int, ...]) -> float:

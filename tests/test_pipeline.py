@@ -55,10 +55,12 @@ def write_config(path: Path, results: Path, baselines: bool = False, **experimen
         config["experiments"]["tiny_bcp"] = {**settings, "method": "bcp", "epochs": 2, "options": {"kappa": 0.5}}
         tempered = {
             "method": "tempered",
+            "architecture": "2B2F",
             "options": {"temperature": {"kind": "linear", "start": 2, "end": 1, "epochs": 3}},
         }
-        config["experiments"]["tiny_tempered"] = {**settings, **tempered}  # a method of the test's own plugin
-        config["plugins"] = ["tests/plugins/tempered.py"]
+        # a method, a layer and an architecture of the test's own plugins
+        config["experiments"]["tiny_tempered"] = {**settings, **tempered}
+        config["plugins"] = ["tests/plugins/tempered.py", "tests/plugins/conv_block.py"]
         planned = {"method": "bcp", "architecture": "4C3F", "not_run": "too large for this test"}
         config["experiments"]["tiny_bcp_4c3f"] = {**settings, **planned}
     path.write_text(yaml.safe_dump(config))
@@ -171,7 +173,11 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert planned["note"].iloc[0] == "not run: too large for this test" and planned["vra"].isna().all()
     assert not (results / "runs" / "tiny_bcp_4c3f").exists()
     table = table[table["note"].isna()]
-    assert table["method"].tolist() == ["GloRo", "GloRo-T", "KW", "BCP", "Tempered"]  # the plugin's order: 50
+    # rows by architecture, then in method order; the plugin's method is on the plugin's architecture of blocks
+    assert table[["architecture", "method"]].values.tolist() == [
+        ["2B2F", "Tempered"],
+        *(["2C2F", method] for method in ("GloRo", "GloRo-T", "KW", "BCP")),
+    ]
     assert table["vra"].notna().all()
     baselines = table.set_index("method").loc[["KW", "BCP", "GloRo-T"]]
     gloro_row = table.set_index("method").loc["GloRo"]

@@ -13,11 +13,13 @@ a_k hi_k), an upper bound for *any* a (equal to the maximum at the iteration's f
 iteration can cost tightness but never soundness. The smaller of it, the ball-only bound ρ‖c‖ (a = 0: the
 Lipschitz bound, so BCP certifies every point the global bound does) and the box-only bound (a = c) is kept.
 
-Certification takes the sound layer bounds of `GloroNet.layer_bounds(sound=True)` and works in float64;
+Certification takes the sound bounds of the net's primitive layers (`GloroNet.primitive_bounds`) and works in float64;
 training takes the power-iteration estimates (differentiable, as the authors' code does).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +29,10 @@ from torch.nn.modules.utils import _pair
 from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet, SoundConstants
+from gloro.layer_rules import role_of
 from gloro.lipschitz import UnsupportedLayerError, check_plain_conv, conv_padding
 
 SOLVER_ITERATIONS = 20  # the authors' training used 1 (CIFAR) or 10 (MNIST); at most d are ever needed
-RESHAPE_LAYERS = (nn.Flatten, nn.Identity)
 
 
 def affine_maps(layer: nn.Module, dtype: torch.dtype):
@@ -50,7 +52,7 @@ def affine_maps(layer: nn.Module, dtype: torch.dtype):
 
 
 def propagate(
-    net: GloroNet,
+    layers: Sequence[nn.Module],
     x: torch.Tensor,
     epsilon: float,
     layer_norms: list[torch.Tensor],
@@ -59,14 +61,16 @@ def propagate(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(μ, ρ, l, u) of the penultimate features over B(x, ε): centre (N, d), radius (N,), box (N, d) each.
 
+    `layers` are a net's layers before the head, `layer_norms` their Lipschitz bounds.
+
     `trace`, when given, receives every layer's (μ, ρ, l, u) in order (for tests of each intermediate box).
     """
     mu = x.to(dtype)
     rho = torch.full((len(x),), float(epsilon), dtype=dtype, device=x.device)
     lower, upper = mu - epsilon, mu + epsilon
-    for layer, norm in zip(net.layers[:-1], layer_norms):
+    for layer, norm in zip(layers, layer_norms, strict=True):
         kind = type(layer)
-        if kind in RESHAPE_LAYERS:
+        if role_of(layer) == "reshape":
             mu, lower, upper = layer(mu), layer(lower), layer(upper)
         elif kind is nn.ReLU:
             mu = F.relu(mu)
@@ -144,12 +148,17 @@ def bcp_margins(
 
     sound=True: float64 with the sound layer bounds (certification); else the net's dtype with power-iteration
     estimates, advanced as in any training forward when the net is in training mode (the BCP loss).
-    `layer_norms` passes bounds already computed (`net.layer_bounds(sound)`) for a batch.
+    Sound bounds go through the net's primitive layers (its blocks lowered), estimates through its own layers;
+    `layer_norms` passes the bounds already computed for a batch (`net.primitive_bounds()`, or
+    `net.layer_bounds()`).
     """
     net.check_input(x)
     dtype = torch.float64 if sound else net.head.weight.dtype
-    layer_norms = net.layer_bounds(sound=sound) if layer_norms is None else layer_norms
-    mu, rho, lower, upper = propagate(net, x, epsilon, layer_norms, dtype)
+    if sound:
+        layers, norms = net.primitive_layers()[:-1], net.primitive_bounds
+    else:
+        layers, norms = net.layers[:-1], net.layer_bounds
+    mu, rho, lower, upper = propagate(layers, x, epsilon, norms() if layer_norms is None else layer_norms, dtype)
     weight = net.head.weight.to(dtype)
     bias = torch.zeros(weight.shape[0], dtype=dtype, device=x.device) if net.head.bias is None else net.head.bias
     bias = bias.to(dtype)
@@ -179,7 +188,7 @@ class BcpCertifier(Certifier):
         return {**super().settings, "solver_iterations": self.solver_iterations, "layer_bounds": "sound"}
 
     def prepare(self, net: GloroNet, epsilon: float) -> tuple[list[torch.Tensor], SoundConstants]:
-        return net.layer_bounds(sound=True), net.sound_constants()
+        return net.primitive_bounds(), net.sound_constants()
 
     def certify_batch(self, net, x, epsilon, state):
         logits = net.predict_clean(x)

@@ -1,0 +1,223 @@
+"""What the library knows about each layer type, one registry entry per type (`register_layer_rule`).
+
+A *primitive* layer is one the certifiers reason about directly: an affine map (Linear, Conv2d,
+AvgPool2d), an activation (ReLU, MinMax) or a reshape (Flatten, Identity). Its rule gives its Lipschitz
+bound and, for the non-affine ones, how a per-unit rounding error of its input carries to its output.
+A *block* is any other layer: its rule lowers it to primitive layers that compute, in the same floating-point
+operations, exactly what the block computes. Its bound is then the product of theirs, and every certifier
+reads the primitives, so a certificate of a net with a new block rests on the same sound bounds and rounding
+model as the paper's nets, never on what the block's construction claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gloro.layers import MinMax
+from gloro.lipschitz import ConstantBound, Conv2dBound, LayerBound, LinearBound, UnsupportedLayerError, avg_pool2d_norm
+from gloro.outward import product_up
+
+BoundFactory = Callable[[nn.Module, tuple[int, ...], torch.Generator | None], LayerBound]
+CarryError = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+ROLES = ("affine", "activation", "reshape", "block")
+AFFINE_PRIMITIVES = (nn.Linear, nn.Conv2d, nn.AvgPool2d)  # the affine maps every certifier here computes
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Every fact about one layer type.
+
+    role: "affine" (x ↦ Ax + b, rounded as an inner product), "activation" (exact in floating point,
+    1-Lipschitz, monotone in each input, zero at zero), "reshape" (moves entries, exactly) or "block" (lowered).
+    bound: (layer, input shape, generator) → its `LayerBound`; for a block, the product of its primitives'
+    when not given. carry_error: for an activation or a reshape, (layer, per-unit bound on |x̂ − x|, upper end
+    of x's interval) → the per-unit bound on its output's error; given a 0/1 bound, it marks the outputs that
+    can be nonzero. lower: for a block, layer → its primitive layers.
+    """
+
+    layer_type: type[nn.Module]
+    role: str
+    bound: BoundFactory | None = None
+    carry_error: CarryError | None = None
+    lower: Callable[[nn.Module], Sequence[nn.Module]] | None = None
+
+
+_RULES: dict[type[nn.Module], LayerRule] = {}
+
+
+def register_layer_rule(
+    layer_type: type[nn.Module],
+    role: str = "block",
+    *,
+    bound: BoundFactory | None = None,
+    carry_error: CarryError | None = None,
+    lower: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
+) -> LayerRule:
+    """Register what the library needs to know about `layer_type` (matched exactly, not by subclass: a
+    subclass may change forward). A block needs `lower`; an activation or a reshape needs `bound` and
+    `carry_error`; an affine layer `bound`. A second, different rule for a type raises."""
+    if role not in ROLES:
+        raise ValueError(f"unknown layer role {role!r}; roles: {', '.join(ROLES)}")
+    needs = {"block": ("lower",), "affine": ("bound",)}.get(role, ("bound", "carry_error"))
+    if role == "affine" and layer_type not in AFFINE_PRIMITIVES:
+        raise ValueError(
+            f"{layer_type.__name__}: the rounding model and the local certifiers compute Linear, Conv2d and "
+            "AvgPool2d only; register a new affine layer as a block that lowers to them"
+        )
+    given = {"bound": bound, "carry_error": carry_error, "lower": lower}
+    if missing := [name for name in needs if given[name] is None]:
+        raise ValueError(f"a {role} layer rule for {layer_type.__name__} needs {' and '.join(missing)}")
+    rule = LayerRule(layer_type, role, bound, carry_error, lower)
+    known = _RULES.get(layer_type)
+    if known is not None and known != rule:
+        raise ValueError(f"a different layer rule for {layer_type.__name__} is already registered")
+    _RULES[layer_type] = rule
+    return rule
+
+
+def layer_rules() -> list[LayerRule]:
+    """Every registered rule, primitives first."""
+    return sorted(_RULES.values(), key=lambda rule: (rule.role == "block", rule.layer_type.__name__))
+
+
+def rule_for(layer: nn.Module) -> LayerRule:
+    """The rule of `layer`'s exact type; a layer without one raises, naming what to register."""
+    rule = _RULES.get(type(layer))
+    if rule is None:
+        known = ", ".join(rule.layer_type.__name__ for rule in layer_rules())
+        raise UnsupportedLayerError(
+            f"no layer rule is known for {type(layer).__name__} ({layer!r}); layers with one: {known}. Counting "
+            "it as 1 would make certificates unsound: register a rule with gloro.layer_rules.register_layer_rule "
+            "(a block lowers to the layers above; see docs/extending.md)"
+        )
+    return rule
+
+
+def role_of(layer: nn.Module) -> str:
+    """The role of `layer`'s rule (see `LayerRule`)."""
+    return rule_for(layer).role
+
+
+def primitives(layers: Iterable[nn.Module]) -> list[nn.Module]:
+    """`layers` with every block replaced, recursively, by the primitive layers it lowers to."""
+    result: list[nn.Module] = []
+    for layer in layers:
+        rule = rule_for(layer)
+        result.extend(primitives(rule.lower(layer)) if rule.role == "block" else [layer])
+    return result
+
+
+def layer_input_shapes(layers: Sequence[nn.Module], input_shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """The per-example input shape of every layer, found by one forward pass of a zero example."""
+    shapes = []
+    reference = next((p for layer in layers for p in layer.parameters()), torch.empty(0))
+    x = torch.zeros((1, *input_shape), dtype=reference.dtype, device=reference.device)
+    with torch.no_grad():
+        for layer in layers:
+            shapes.append(tuple(x.shape[1:]))
+            try:
+                x = layer(x)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"input_shape {tuple(input_shape)} does not fit the model: layer {layer!r} fails on "
+                    f"inputs of shape {tuple(x.shape[1:])} ({error})"
+                ) from error
+    return shapes
+
+
+def bound_for(layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None = None) -> LayerBound:
+    """The Lipschitz bound of `layer` acting on inputs of shape `input_shape` (without the batch axis)."""
+    rule = rule_for(layer)
+    if rule.bound is not None:
+        return rule.bound(layer, tuple(input_shape), generator)
+    return LoweredBound(layer, input_shape, generator)
+
+
+class LoweredBound(LayerBound):
+    """A block's bound: the product of the bounds of the layers it lowers to, each at its real input shape.
+
+    Built once, it checks that the lowering computes what the block computes, bit for bit, on a probe input:
+    the rounding model of a certificate describes the lowered operations, so they must be the block's own.
+    """
+
+    def __init__(self, layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.lower = rule_for(layer).lower
+        parts = list(self.lower(layer))
+        check_lowering(layer, parts, input_shape)
+        shapes = layer_input_shapes(parts, input_shape)
+        self.parts = nn.ModuleList(bound_for(part, shape, generator) for part, shape in zip(parts, shapes))
+
+    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
+        product = torch.ones(())
+        for bound, part in zip(self.parts, self.lower(layer)):
+            product = product * bound.estimate(part, iterations)
+        return product
+
+    def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
+        values = [float(value) for value in self.sound_parts(layer, fast)]
+        return torch.tensor(product_up(values), dtype=torch.float64)
+
+    def sound_parts(self, layer: nn.Module, fast: bool = False) -> list[torch.Tensor]:
+        return [value for bound, part in zip(self.parts, self.lower(layer)) for value in bound.sound_parts(part, fast)]
+
+
+def check_lowering(layer: nn.Module, parts: Sequence[nn.Module], input_shape: Sequence[int]) -> None:
+    """Raise unless `parts`, applied in turn, give exactly `layer`'s output on a random probe batch (drawn
+    from a generator of its own, so that a net's power-iteration starts do not depend on its blocks)."""
+    reference = next(layer.parameters(), torch.empty(0))
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn((4, *input_shape), generator=generator).to(reference.device, reference.dtype)
+    with torch.no_grad():
+        expected, lowered = layer(probe), probe
+        for part in parts:
+            lowered = part(lowered)
+    if lowered.shape != expected.shape or not torch.equal(lowered, expected):
+        difference = (lowered - expected).abs().max().item() if lowered.shape == expected.shape else "shape"
+        raise UnsupportedLayerError(
+            f"the rule of {type(layer).__name__} lowers it to layers that compute something else (largest "
+            f"difference {difference}); a lowering must run the block's own floating-point operations, or the "
+            "rounding bound of a certificate would not hold for the block"
+        )
+
+
+def _carry_through(layer: nn.Module, units: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """A reshape moves each unit's error with the unit."""
+    return layer(units)
+
+
+def _carry_relu(layer: nn.Module, units: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """ReLU is 1-Lipschitz per unit, and a computed pre-activation ≤ 0 gives exactly ±0, as the exact one does."""
+    return units.masked_fill(upper + units <= 0, 0.0)
+
+
+def _carry_minmax(layer: nn.Module, units: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """Each output of a MinMax pair is off by at most the larger of the pair's errors."""
+    channels = units.shape[1]
+    pairs = units.unflatten(1, (channels // 2, 2))
+    return pairs.amax(dim=2, keepdim=True).expand_as(pairs).flatten(1, 2)
+
+
+def _conv_bound(layer: nn.Conv2d, input_shape: tuple[int, ...], generator: torch.Generator | None) -> LayerBound:
+    if len(input_shape) != 3:
+        raise ValueError(f"{layer!r} needs a (C, H, W) input shape, got {tuple(input_shape)}")
+    return Conv2dBound(layer, input_shape, generator)
+
+
+def _unit_bound(layer: nn.Module, input_shape: tuple[int, ...], generator: torch.Generator | None) -> LayerBound:
+    return ConstantBound(1.0)
+
+
+register_layer_rule(nn.Linear, "affine", bound=lambda layer, shape, generator: LinearBound(layer, generator))
+register_layer_rule(nn.Conv2d, "affine", bound=_conv_bound)
+register_layer_rule(
+    nn.AvgPool2d, "affine", bound=lambda layer, shape, generator: ConstantBound(avg_pool2d_norm(layer, shape))
+)
+register_layer_rule(nn.ReLU, "activation", bound=_unit_bound, carry_error=_carry_relu)
+register_layer_rule(MinMax, "activation", bound=_unit_bound, carry_error=_carry_minmax)
+register_layer_rule(nn.Flatten, "reshape", bound=_unit_bound, carry_error=_carry_through)
+register_layer_rule(nn.Identity, "reshape", bound=_unit_bound, carry_error=_carry_through)

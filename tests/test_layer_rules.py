@@ -1,0 +1,179 @@
+"""Layer rules: a block lowered to primitive layers is bounded, rounded and certified exactly as the same net
+written in those primitives; a wrong lowering, a layer without a rule and a bad registration are refused; and
+every primitive's rule carries rounding errors soundly."""
+
+import importlib
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from gloro import GloroNet, create_model
+from gloro.layer_rules import AFFINE_PRIMITIVES, bound_for, layer_rules, primitives, register_layer_rule, rule_for
+from gloro.lipschitz import UnsupportedLayerError
+from gloro.local_certify import certify_local
+from gloro.plugins import load_plugins
+
+architectures = importlib.import_module("gloro.architectures")  # `gloro.architectures` is the listing function
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin():
+    """The pipeline test's plugin of a block and an architecture, registered for this module's tests only."""
+    saved = dict(architectures._ARCHITECTURES)
+    (module,) = load_plugins(["tests/plugins/conv_block.py"])
+    yield module
+    architectures._ARCHITECTURES = saved
+    sys.modules.pop(module.__name__)  # a later load registers its architecture again
+
+
+def twin_nets(activation: str = "relu") -> tuple[GloroNet, GloroNet]:
+    """The plugin's 2B2F and the paper's 2C2F with the same weights: one net, written two ways."""
+    blocks = create_model("2B2F", (1, 8, 8), 10, activation=activation, seed=3)
+    plain = create_model("2C2F", (1, 8, 8), 10, activation=activation, seed=4)
+    with torch.no_grad():
+        for block_weight, plain_weight in zip(blocks.parameters(), plain.parameters(), strict=True):
+            plain_weight.copy_(block_weight)
+    return GloroNet(blocks, 0.3, seed=1), GloroNet(plain, 0.3, seed=1)
+
+
+@pytest.mark.parametrize("activation", ["relu", "minmax"])
+def test_a_net_of_blocks_is_certified_exactly_as_its_primitives_are(activation):
+    blocks, plain = twin_nets(activation)
+    assert [type(layer) for layer in blocks.primitive_layers()] == [type(layer) for layer in plain.layers]
+    ours, theirs = blocks.sound_constants(), plain.sound_constants()
+    assert float(ours.sub_lipschitz) == float(theirs.sub_lipschitz)
+    assert torch.equal(ours.offsets, theirs.offsets)  # the same rounding model, layer by layer
+    x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(blocks.certify(x).radius, plain.certify(x).radius)
+    assert torch.equal(certify_local(blocks, x).radius, certify_local(plain, x).radius)
+    # training estimates start from the same iterates: a block's check draws from a generator of its own
+    blocks.train(), plain.train()
+    assert torch.equal(blocks.sub_lipschitz(), plain.sub_lipschitz())
+
+
+def test_a_blocks_estimate_trains_its_own_weights():
+    blocks, _ = twin_nets()
+    blocks.train()
+    blocks(torch.rand(8, 1, 8, 8)).sum().backward()
+    conv = blocks.layers[0].conv
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    assert {name for name, _ in blocks.bounds.named_buffers()} >= {"0.parts.0.iterate", "1.parts.0.iterate"}
+
+
+def test_a_frozen_net_notices_a_change_inside_a_block():
+    blocks, _ = twin_nets()
+    blocks.freeze()
+    x = torch.rand(4, 1, 8, 8)
+    blocks.certify(x)
+    with torch.no_grad():
+        blocks.layers[0].conv.weight[0, 0, 0, 0] += 1.0
+    with pytest.raises(RuntimeError, match="freeze"):
+        blocks.certify(x)
+    blocks.freeze()
+    blocks.layers[1].conv = nn.Conv2d(16, 32, 4, 2, padding=1)  # a block's layer replaced
+    with pytest.raises(RuntimeError, match="freeze"):
+        blocks.certify(x)
+
+
+class Shifted(nn.Module):
+    """A block whose rule lies: it adds a constant that its lowering leaves out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.linear(x) + 1e-3
+
+
+register_layer_rule(Shifted, lower=lambda block: (block.linear,))
+
+
+def test_a_lowering_that_computes_something_else_is_refused():
+    model = nn.Sequential(Shifted(), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedLayerError, match="Shifted .*computes? something else"):
+        GloroNet(model, 0.1, input_shape=(4,))
+
+
+def test_a_layer_without_a_rule_names_how_to_add_one():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedLayerError, match="Tanh.*register_layer_rule"):
+        GloroNet(model, 0.1, input_shape=(4,))
+
+
+class Unregistered(nn.Module):
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize(
+    ("role", "given", "message"),
+    [
+        ("block", {}, "needs lower"),
+        ("activation", {"bound": bound_for}, "needs carry_error"),
+        ("affine", {"bound": bound_for}, "register a new affine layer as a block"),
+        ("residual", {}, "unknown layer role 'residual'"),
+    ],
+)
+def test_an_incomplete_rule_is_refused(role, given, message):
+    with pytest.raises(ValueError, match=message):
+        register_layer_rule(Unregistered, role, **given)
+    with pytest.raises(UnsupportedLayerError):
+        rule_for(Unregistered())  # nothing half-registered
+
+
+def test_a_second_rule_for_a_type_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register_layer_rule(nn.ReLU, lower=lambda layer: (layer,))
+    assert rule_for(nn.ReLU()).role == "activation"
+
+
+def test_every_affine_primitive_has_an_affine_rule():
+    roles = {rule.layer_type: rule.role for rule in layer_rules()}
+    assert all(roles.get(kind) == "affine" for kind in AFFINE_PRIMITIVES)
+
+
+class Wrapped(nn.Module):
+    """A block of a block: the plugin's conv block, behind one more layer."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+register_layer_rule(Wrapped, lower=lambda block: (block.inner,))
+
+
+def test_nested_blocks_lower_to_primitives_and_bound_each(plugin):
+    block, flatten = Wrapped(plugin.ConvBlock(1, 2, 4, 2, nn.ReLU())), nn.Flatten()
+    assert primitives([block, flatten]) == [block.inner.conv, block.inner.activation, flatten]
+    parts = bound_for(block, (1, 8, 8)).sound_parts(block)
+    conv = bound_for(block.inner.conv, (1, 8, 8)).sound(block.inner.conv)
+    assert [float(part) for part in parts] == [float(conv), 1.0]
+
+
+CARRYING = [rule for rule in layer_rules() if rule.role in ("activation", "reshape")]
+
+
+@pytest.mark.parametrize("rule", CARRYING, ids=lambda rule: rule.layer_type.__name__)
+def test_a_carried_error_bounds_the_change_of_the_output(rule):
+    """For inputs x and x̂ = x + δ with |δ| ≤ e per unit and x ≤ upper, |f(x̂) − f(x)| ≤ carry_error(e, upper)."""
+    layer = rule.layer_type()
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(*shape):
+        return torch.rand(shape, generator=generator, dtype=torch.float64)
+
+    x = 4 * draw(64, 6, 3, 3) - 2
+    units = draw(64, 6, 3, 3) * draw(64, 1, 1, 1)  # some rows with errors far below the values, some not
+    delta = (2 * draw(*x.shape) - 1) * units
+    upper = x + 0.1 * draw(*x.shape)
+    carried = rule.carry_error(layer, units, upper)
+    change = (layer(x + delta) - layer(x)).abs()
+    assert carried.shape == change.shape
+    assert (change <= carried).all()

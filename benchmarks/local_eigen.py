@@ -23,7 +23,7 @@ from unittest import mock
 import torch
 from trained_points import add_arguments, net_and_points  # beside this script
 
-from gloro import local_certify
+from gloro.certify import local, masked_operator
 from gloro.cpu_memory import keep_freed_memory
 
 
@@ -43,9 +43,9 @@ def main() -> None:
     args = parser.parse_args()
     keep_freed_memory()
     net, images, _ = net_and_points(args)
-    plan = local_certify.LocalPlan(net)
+    plan = local.LocalPlan(net)
     sides = {
-        "gloro": lambda: local_certify.certify_local(net, images, args.epsilon, plan),
+        "gloro": lambda: local.certify_local(net, images, args.epsilon, plan),
         "full": lambda: _with_full_products_and_spectra(net, images, args.epsilon, plan),
     }
     seconds: dict[str, list[float]] = {name: [] for name in sides}
@@ -80,10 +80,10 @@ def main() -> None:
 
 def _with_full_products_and_spectra(net, images, epsilon, plan):
     with (
-        mock.patch.object(local_certify, "largest_eigenvalues", whole_spectrum_top),
-        mock.patch.object(local_certify, "gram_lower", full_product),
+        mock.patch.object(masked_operator, "largest_eigenvalues", whole_spectrum_top),
+        mock.patch.object(masked_operator, "gram_lower", full_product),
     ):
-        return local_certify.certify_local(net, images, epsilon, plan)
+        return local.certify_local(net, images, epsilon, plan)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """gloro-bench: Globally-Robust Neural Networks (Leino, Wang, Fredrikson, ICML 2021) in PyTorch.
 
-The public API is one name per job; everything else is reachable from its submodule (`gloro.local_certify`,
+The public API is one name per job; everything else is reachable from its submodule (`gloro.certify.local`,
 `gloro.tightness`, `gloro.schedules`, `gloro.losses`, ...).
 """
 

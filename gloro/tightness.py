@@ -20,9 +20,9 @@ import math
 import torch
 from torch import nn
 
+from gloro.certify.local import local_lipschitz
 from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.input_gradient import fold_input_gradients, inputs_only
-from gloro.local_certify import local_lipschitz
 
 
 def _check_search(steps: int, restarts: int, learning_rate: float, box: tuple[float, float] | None) -> None:

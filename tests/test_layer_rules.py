@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from gloro import GloroNet, create_model
+from gloro.certify.local import certify_local
 from gloro.layer_rules import AFFINE_PRIMITIVES, bound_for, layer_rules, primitives, register_layer_rule, rule_for
 from gloro.lipschitz import UnsupportedLayerError
-from gloro.local_certify import certify_local
 from gloro.plugins import load_plugins
 
 architectures = importlib.import_module("gloro.architectures")  # `gloro.architectures` is the listing function

@@ -10,17 +10,12 @@ from torch import nn
 
 import gloro
 from gloro.attack import pgd_l2
+from gloro.certify.compare import compare_certifiers
+from gloro.certify.crown import certify_crown
+from gloro.certify.local import LocalPlan, certify_local, local_lipschitz
+from gloro.certify.masked_operator import masked_spectral_norms, side_gram
 from gloro.gloro_net import flatten_sequential
 from gloro.lipschitz import UnsupportedLayerError
-from gloro.local_certify import (
-    LocalPlan,
-    certify_crown,
-    certify_local,
-    compare_local_global,
-    local_lipschitz,
-    masked_spectral_norms,
-    side_gram,
-)
 
 EPSILON = 0.3
 
@@ -28,7 +23,7 @@ EPSILON = 0.3
 @pytest.fixture(scope="module")
 def comparison(trained):
     net, (x, y) = trained
-    return compare_local_global(net, x, y, EPSILON, crown=True)
+    return {row["certifier"]: row for row in compare_certifiers(net, x, y, EPSILON, ["global", "local", "crown"])}
 
 
 def uniform_in_balls(center: torch.Tensor, epsilon: float, count: int, seed: int) -> torch.Tensor:
@@ -53,15 +48,13 @@ def affine_outputs(net: gloro.GloroNet, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_local_certifies_every_point_the_global_one_does(comparison):
-    report = comparison
-    assert report["num_points"] == 360 and report["certified_global_only"] == 0
-    points = report["points"]
-    assert all(p["certified_local"] for p in points if p["certified_global"])
-    assert report["vra_local"] >= report["vra_global"] >= 0.4
-    assert report["vra_local"] <= report["clean_accuracy"]
-    assert report["seconds_per_point_local"] > 0 and report["seconds_per_point_global"] > 0
-    json.dumps(report, allow_nan=False)  # a plain JSON report, no NaN or infinity
-    assert report["crown_vra"] <= report["clean_accuracy"] and report["crown_seconds_per_point"] > 0
+    local, reference, crown = comparison["local"], comparison["global"], comparison["crown"]
+    assert local["num_points"] == 360 and local["first_not_certified"] == 0
+    assert local["vra"] >= reference["vra"] >= 0.4
+    assert local["vra"] <= local["clean_accuracy"]
+    assert local["sec_per_point"] > 0 and reference["sec_per_point"] > 0
+    json.dumps(comparison, allow_nan=False)  # plain JSON rows, no NaN or infinity
+    assert crown["vra"] <= crown["clean_accuracy"] and crown["sec_per_point"] > 0
 
 
 def test_local_bound_is_tighter_than_the_global_one_where_relus_are_off(trained):
@@ -225,10 +218,6 @@ def test_local_certificate_radius_is_capped_at_epsilon_and_predicts_what_the_net
 
 
 def test_bad_arguments_are_rejected(trained):
-    net, (x, y) = trained
+    net, (x, _) = trained
     with pytest.raises(ValueError, match="epsilon"):
         local_lipschitz(net, x[:2], -0.1)
-    with pytest.raises(ValueError, match="batch_size"):
-        compare_local_global(net, x[:2], y[:2], batch_size=0)
-    with pytest.raises(ValueError, match="label"):
-        compare_local_global(net, x[:2], y[:3])

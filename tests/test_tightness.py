@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import gloro
-from gloro.local_certify import local_lipschitz
+from gloro.certify.local import local_lipschitz
 from gloro.tightness import (
     global_tightness,
     local_margin_lipschitz_lower_bound,

@@ -4,7 +4,7 @@ Registered: global (GloRo's K_ij), local (local Lipschitz), crown, kw (the KW du
 """
 
 from gloro.certificate import Certificate
-from gloro.certify import bcp, global_bound, kw, local  # noqa: F401  (each module registers its certifiers)
+from gloro.certify import bcp, crown, global_bound, kw, local  # noqa: F401  (each module registers its certifiers)
 from gloro.certify.base import Certifier
 from gloro.certify.registry import create_certifier, list_certifiers, register_certifier
 

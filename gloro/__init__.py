@@ -5,7 +5,8 @@ The public API is one name per job; everything else is reachable from its submod
 """
 
 from gloro.architectures import architectures, create_model, register_architecture
-from gloro.attack import SoundnessError, audit_soundness, autoattack_accuracy, pgd_accuracy
+from gloro.attack import autoattack_accuracy, pgd_accuracy
+from gloro.audit import SoundnessError, audit_soundness
 from gloro.certificate import Certificate
 from gloro.certify import Certifier, create_certifier, list_certifiers, register_certifier
 from gloro.certify.compare import compare_certifiers

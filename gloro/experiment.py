@@ -21,14 +21,8 @@ import torch
 
 from gloro.architectures import canonical_name, create_model
 from gloro.atomic import atomic_path, write_json
-from gloro.attack import (
-    AUTOATTACK_SQUARE_QUERIES,
-    AUTOATTACK_STEPS,
-    audit_sensitivity,
-    audit_soundness,
-    autoattack_accuracy,
-    pgd_accuracy,
-)
+from gloro.attack import AUTOATTACK_SQUARE_QUERIES, AUTOATTACK_STEPS, autoattack_accuracy, pgd_accuracy
+from gloro.audit import audit_sensitivity, audit_soundness
 from gloro.certify import Certificate, create_certifier, list_certifiers
 from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import load, save

@@ -11,16 +11,8 @@ import torch
 from torch import nn
 
 import gloro
-from gloro.attack import (
-    AttackReport,
-    SoundnessError,
-    audit_sensitivity,
-    audit_soundness,
-    autoattack_accuracy,
-    pgd_accuracy,
-    pgd_l2,
-    robust_accuracy,
-)
+from gloro.attack import AttackReport, autoattack_accuracy, pgd_accuracy, pgd_l2, robust_accuracy
+from gloro.audit import SoundnessError, audit_sensitivity, audit_soundness
 from gloro.data import load_digits
 
 EPSILON = 0.3

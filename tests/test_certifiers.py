@@ -281,7 +281,7 @@ def test_bcp_boxes_contain_what_an_attack_on_each_unit_reaches(trained, epsilon)
 
 def test_the_audit_fails_a_planted_certificate_without_radii(trained, tmp_path):
     """A certifier that claims every point (no radius) is caught: every flip inside the ε-ball is a violation."""
-    from gloro.attack import SoundnessError, audit_soundness
+    from gloro.audit import SoundnessError, audit_soundness
 
     net, (x, _) = trained
     with torch.no_grad():

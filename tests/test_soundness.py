@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import gloro
-from gloro.attack import audit_sensitivity, pgd_accuracy, pgd_l2
+from gloro.attack import pgd_accuracy, pgd_l2
+from gloro.audit import audit_sensitivity
 from gloro.data import load_digits
 from gloro.margin import certify_logits
 

@@ -20,9 +20,9 @@ from interleaved import interleaved  # beside this script
 from trained_points import add_arguments, net_and_points
 
 import gloro
+from gloro.bench.stages import proven_robust, read_certificates
 from gloro.cpu_memory import keep_freed_memory
 from gloro.data.registry import load_dataset
-from gloro.experiment import proven_robust, read_certificates
 
 
 def main() -> None:

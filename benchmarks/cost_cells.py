@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gloro.report import UNSTEADY_HIGH, UNSTEADY_LOW
+from gloro.bench.views import UNSTEADY_HIGH, UNSTEADY_LOW
 
 TABLE1_CELLS = ("sec_per_epoch", "peak_mem_mb", "cert_ms_per_point", "gloro_time_ratio", "gloro_mem_ratio")
 COST_CELLS = (

@@ -31,8 +31,9 @@ def one_run(evaluate: bool, all_threads: bool, epochs: int) -> list[float]:
     import yaml
 
     import gloro.eigen
+    from gloro.bench.experiment import DataOptions, Experiment
+    from gloro.bench.stages import new_net
     from gloro.cpu_memory import keep_freed_memory
-    from gloro.experiment import DataOptions, Experiment, new_net
     from gloro.train import train
 
     keep_freed_memory()  # as the pipeline's training job

@@ -263,7 +263,7 @@ def registry(monkeypatch):
 
 def test_an_architecture_registered_from_outside_is_built_wrapped_and_named_by_a_config(registry):
     from gloro.architectures import activation, register_architecture
-    from gloro.experiment import Experiment
+    from gloro.bench.experiment import Experiment
 
     @register_architecture("tiny-mlp")
     def tiny_mlp(spec: ArchitectureSpec) -> list[nn.Module]:
@@ -289,7 +289,7 @@ def test_an_architecture_registered_from_outside_is_built_wrapped_and_named_by_a
 
 
 def test_an_experiment_naming_an_unknown_architecture_is_refused_with_the_known_ones():
-    from gloro.experiment import Experiment
+    from gloro.bench.experiment import Experiment
 
     settings = {"dataset": "digits", "architecture": "9C9F", "train_epsilon": 0.3, "eval_epsilon": 0.3, "epochs": 1}
     with pytest.raises(ValueError, match="experiment 'bad': unknown architecture '9C9F'; known architectures: 2C2F"):

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import gloro
-from gloro.experiment import (
-    DataOptions,
-    Experiment,
+from gloro.bench import stages
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.machine import cpu_name
+from gloro.bench.stages import (
     attack_experiment,
     bounds_experiment,
     certify_experiment,
-    cpu_name,
     read_certificates,
     train_experiment,
 )
@@ -53,14 +53,14 @@ def test_warm_up_epochs_run_plain_cross_entropy_before_gloro_training(tmp_path):
 def test_a_job_killed_after_its_warm_up_resumes_without_warming_up_again(tmp_path, monkeypatch):
     experiment = Experiment.from_config("warm", {**SETTINGS, "warmup_epochs": 1})
     warm_ups = []
-    original = gloro.experiment.warm_up
-    monkeypatch.setattr(gloro.experiment, "warm_up", lambda *args: warm_ups.append(1) or original(*args))
+    original = stages.warm_up
+    monkeypatch.setattr(stages, "warm_up", lambda *args: warm_ups.append(1) or original(*args))
 
     def killed(*args):
         raise KeyboardInterrupt  # after the last epoch's scratch file was written, before the outputs
 
     with monkeypatch.context() as patch:
-        patch.setattr(gloro.experiment, "write_csv", killed)
+        patch.setattr(stages, "write_csv", killed)
         with pytest.raises(KeyboardInterrupt):
             train_experiment(experiment, tmp_path, DataOptions(), torch.device("cpu"), progress=False)
     assert (tmp_path / "scratch.pt").is_file() and (tmp_path / "warmup.json").is_file()

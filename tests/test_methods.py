@@ -3,13 +3,8 @@
 import pytest
 import torch
 
-from gloro.experiment import (
-    DataOptions,
-    Experiment,
-    attack_experiment,
-    certify_experiment,
-    train_experiment,
-)
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.stages import attack_experiment, certify_experiment, train_experiment
 from gloro.methods import get_method, methods
 from gloro.schedules import Constant
 
@@ -153,8 +148,8 @@ def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_witho
     from dataclasses import dataclass
 
     import gloro
+    from gloro.bench.stages import recipe_settings
     from gloro.data import load_digits
-    from gloro.experiment import recipe_settings
     from gloro.methods import Method, register_method, table_labels
     from gloro.methods.options import schedule_option
     from gloro.schedules import Schedule

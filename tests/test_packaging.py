@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -148,3 +150,14 @@ def test_make_test_leaves_out_only_the_slurm_test_which_make_test_slurm_runs():
     recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n((?:\t[^\n]*\n)+)", makefile, flags=re.MULTILINE))
     assert re.search(r'pytest -q -m "not slurm"$', recipes["test"], flags=re.MULTILINE)
     assert re.search(r"pytest -q -m slurm$", recipes["test-slurm"], flags=re.MULTILINE)
+
+
+def test_the_library_imports_without_the_pipeline_side():
+    """`import gloro` loads neither gloro.bench nor what only the pipeline needs (pandas, matplotlib,
+    snakemake): a user of the library alone does not pay for them."""
+    code = (
+        "import sys, gloro, gloro.certify, gloro.methods, gloro.layer_rules; "
+        "print(sorted(m for m in ('pandas', 'matplotlib', 'snakemake', 'gloro.bench') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
+import gloro.bench.experiment as experiment_module
 import gloro.data
-import gloro.experiment as experiment_module
 
 ROOT = Path(__file__).resolve().parents[1]
 # Long enough to mean a hang, not a slow machine: the longest run here takes about 1.5 minutes on 2 cores.

@@ -3,9 +3,9 @@
 import pandas as pd
 import pytest
 
-from gloro import report
+from gloro.bench import figures, tables, views
+from gloro.bench.views import significant
 from gloro.evaluate import radius_label
-from gloro.report import significant
 
 
 @pytest.mark.parametrize(
@@ -39,8 +39,8 @@ def test_the_training_curves_mark_the_best_on_test_epoch_on_the_test_vra_panel(t
         }
     )
     saved = []
-    monkeypatch.setattr(report, "save_figure", lambda figure, stem: saved.append(figure))
-    report.plot_training_curves(history, tmp_path / "curves", {"a": 1, "b": None})
+    monkeypatch.setattr(figures, "save_figure", lambda figure, stem: saved.append(figure))
+    figures.plot_training_curves(history, tmp_path / "curves", {"a": 1, "b": None})
     (figure,) = saved
     assert isinstance(figure, Figure) and len(figure.axes) == 6
     titles = [axis.get_title() for axis in figure.axes]
@@ -51,34 +51,34 @@ def test_the_training_curves_mark_the_best_on_test_epoch_on_the_test_vra_panel(t
 
 
 def test_table1_has_an_autoattack_column_only_when_a_run_measured_it():
-    row = {column: None for column in report.TABLE1_COLUMNS}
+    row = {column: None for column in tables.TABLE1_COLUMNS}
     row.update(dataset="mnist", epsilon=0.3, architecture="2C2F", method="GloRo", clean=99.0, pgd=97.0, vra=95.0)
     row.update(sec_per_epoch=3.6, peak_mem_mb=400.0, cert_ms_per_point=0.01)
-    without = report.table1_view(pd.DataFrame([row], columns=report.TABLE1_COLUMNS))
+    without = views.table1_view(pd.DataFrame([row], columns=tables.TABLE1_COLUMNS))
     assert "AutoAttack %" not in without.columns
-    measured = report.table1_view(pd.DataFrame([{**row, "autoattack": 96.04}], columns=report.TABLE1_COLUMNS))
+    measured = views.table1_view(pd.DataFrame([{**row, "autoattack": 96.04}], columns=tables.TABLE1_COLUMNS))
     assert measured["AutoAttack %"].tolist() == ["96.0"]
     assert list(measured.columns).index("AutoAttack %") == list(measured.columns).index("PGD %") + 1
 
 
 def test_autoattack_on_fewer_points_than_pgd_is_noted_with_pgd_on_the_same_points():
     run = {"autoattack_points": 1000, "test_examples": 10000, "pgd_accuracy_on_autoattack_points": 0.8091}
-    assert report.autoattack_note(run) == (
+    assert tables.autoattack_note(run) == (
         "AutoAttack on the first 1,000 of 10,000 test points (PGD on those points: 80.9%)"
     )
-    assert report.autoattack_note({**run, "autoattack_points": 10000}) is None  # the same points as PGD
-    assert report.autoattack_note({**run, "autoattack_points": None}) is None
+    assert tables.autoattack_note({**run, "autoattack_points": 10000}) is None  # the same points as PGD
+    assert tables.autoattack_note({**run, "autoattack_points": None}) is None
 
 
 def test_long_notes_become_numbered_footnotes_and_short_ones_stay():
     view = pd.DataFrame({"Method": ["KW", "BCP", "GloRo"], "Note": ["not run: " + "x" * 40, "short", ""]})
-    shortened, footnotes = report.with_footnotes(view)
+    shortened, footnotes = views.with_footnotes(view)
     assert shortened["Note"].tolist() == ["not run [1]", "short", ""]
     assert footnotes == ["not run: " + "x" * 40]
 
 
 def table1_cost_row(**values) -> dict:
-    row = {column: None for column in report.TABLE1_COLUMNS}
+    row = {column: None for column in tables.TABLE1_COLUMNS}
     row.update(dataset="digits", epsilon=0.3, architecture="2C2F", method="KW", clean=88.0, pgd=78.0, vra=74.0)
     return {**row, "sec_per_epoch": 1.2, "peak_mem_mb": 783.0, "cert_ms_per_point": 1.5, **values}
 
@@ -93,7 +93,7 @@ def table1_cost_row(**values) -> dict:
 )
 def test_the_time_ratio_is_printed_with_its_spread_or_as_unsteady(ratio, low, high, text):
     row = table1_cost_row(gloro_time_ratio=ratio, gloro_time_ratio_low=low, gloro_time_ratio_high=high)
-    view = report.table1_view(pd.DataFrame([row], columns=report.TABLE1_COLUMNS))
+    view = views.table1_view(pd.DataFrame([row], columns=tables.TABLE1_COLUMNS))
     assert view["GloRo time ÷ this"].tolist() == [text]
 
 
@@ -112,7 +112,7 @@ def test_the_time_ratio_is_the_one_timed_in_the_rows_own_job_not_one_from_two_jo
     published = pd.DataFrame(
         columns=["dataset", "epsilon", "architecture", "method", "metric", "value_percent", "source"]
     )
-    table = report.table1(runs, published).set_index("method")
+    table = tables.table1(runs, published).set_index("method")
     assert table.loc["KW", "gloro_time_ratio"] == 0.03  # not 0.1 / 1.0 from the two jobs' epochs
     assert (table.loc["KW", "gloro_time_ratio_low"], table.loc["KW", "gloro_time_ratio_high"]) == (
         0.9 * 0.03,
@@ -133,6 +133,6 @@ def test_the_time_ratio_is_the_one_timed_in_the_rows_own_job_not_one_from_two_jo
     ],
 )
 def test_a_ratio_is_printed_with_its_spread_or_as_unsteady(value, low, high, text):
-    from gloro.report import spread_cell
+    from gloro.bench.views import spread_cell
 
     assert spread_cell(value, low, high) == text

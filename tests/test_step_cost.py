@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import gloro
+from gloro.bench.experiment import cost_reference
 from gloro.data import load_digits
-from gloro.experiment import cost_reference
 from gloro.step_cost import ROUNDS, WARMUP_STEPS, SteadySteps, steady_cost, time_steps
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import gloro
+from gloro.bench.stages import write_csv
 from gloro.data import augment, load_digits
-from gloro.experiment import write_csv
 from gloro.train import TrainingHistory, training_cost
 
 DETERMINISTIC = ("epoch", "loss", "clean_accuracy", "vra", "epsilon", "lr")

@@ -5,7 +5,7 @@ import sys
 
 from gloro.certify import list_certifiers
 from gloro.data import cache_file, dataset_available, datasets
-from gloro.experiment import Experiment, cost_reference
+from gloro.bench.experiment import Experiment, cost_reference
 from gloro.plugins import load_plugins
 
 load_plugins(config["plugins"])  # before any experiment is read: the methods, certifiers and architectures

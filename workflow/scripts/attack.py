@@ -1,13 +1,15 @@
-"""Rule `attack`: PGD accuracy and the soundness audit of one experiment (gloro.experiment.attack_experiment)."""
+"""Rule `attack`: PGD accuracy and the soundness audit of one experiment (gloro.bench.stages.attack_experiment)."""
 
 import contextlib
 
 import torch
 
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.machine import resolve_device
+from gloro.bench.run_files import AttackFiles
+from gloro.bench.stages import attack_experiment
 from gloro.cpu_memory import keep_freed_memory
-from gloro.experiment import DataOptions, Experiment, attack_experiment, resolve_device
 from gloro.plugins import load_plugins
-from gloro.run_files import AttackFiles
 
 with open(snakemake.log.main, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures

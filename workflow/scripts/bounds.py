@@ -1,13 +1,15 @@
-"""Rule `bounds`: local vs global certification and bound tightness (gloro.experiment.bounds_experiment)."""
+"""Rule `bounds`: local vs global certification and bound tightness (gloro.bench.stages.bounds_experiment)."""
 
 import contextlib
 
 import torch
 
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.machine import resolve_device
+from gloro.bench.run_files import BoundsFiles
+from gloro.bench.stages import bounds_experiment
 from gloro.cpu_memory import keep_freed_memory
-from gloro.experiment import DataOptions, Experiment, bounds_experiment, resolve_device
 from gloro.plugins import load_plugins
-from gloro.run_files import BoundsFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures

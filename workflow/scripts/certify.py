@@ -1,13 +1,15 @@
-"""Rule `certify`: certify one trained experiment on its test split (gloro.experiment.certify_experiment)."""
+"""Rule `certify`: certify one trained experiment on its test split (gloro.bench.stages.certify_experiment)."""
 
 import contextlib
 
 import torch
 
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.machine import resolve_device
+from gloro.bench.run_files import CertifyFiles
+from gloro.bench.stages import certify_experiment
 from gloro.cpu_memory import keep_freed_memory
-from gloro.experiment import DataOptions, Experiment, certify_experiment, resolve_device
 from gloro.plugins import load_plugins
-from gloro.run_files import CertifyFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures

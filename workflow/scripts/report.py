@@ -2,9 +2,9 @@
 
 import contextlib
 
+from gloro.bench.report import write_report
+from gloro.bench.run_files import ReportFiles, RunReports
 from gloro.plugins import load_plugins
-from gloro.report import write_report
-from gloro.run_files import ReportFiles, RunReports
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures

@@ -1,14 +1,16 @@
 """Rule `time_steps`: time one trained experiment's training step beside its cost reference's
-(gloro.experiment.step_cost_experiment)."""
+(gloro.bench.stages.step_cost_experiment)."""
 
 import contextlib
 
 import torch
 
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.machine import resolve_device
+from gloro.bench.run_files import StepCostFiles
+from gloro.bench.stages import step_cost_experiment
 from gloro.cpu_memory import keep_freed_memory
-from gloro.experiment import DataOptions, Experiment, resolve_device, step_cost_experiment
 from gloro.plugins import load_plugins
-from gloro.run_files import StepCostFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures

@@ -1,13 +1,15 @@
-"""Rule `train`: train one experiment (gloro.experiment.train_experiment)."""
+"""Rule `train`: train one experiment (gloro.bench.stages.train_experiment)."""
 
 import contextlib
 
 import torch
 
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.machine import resolve_device
+from gloro.bench.run_files import TrainFiles
+from gloro.bench.stages import train_experiment
 from gloro.cpu_memory import keep_freed_memory
-from gloro.experiment import DataOptions, Experiment, resolve_device, train_experiment
 from gloro.plugins import load_plugins
-from gloro.run_files import TrainFiles
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
     load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures

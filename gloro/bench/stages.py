@@ -1,7 +1,7 @@
-"""One named experiment of a config (data set, architecture, loss, ε, schedules, ...) and how to run its stages.
+"""How each stage of an experiment runs: train, time steps, certify, attack and audit, compare bounds.
 
-The pipeline's rule scripts are a few lines around `train_experiment`, `certify_experiment` and
-`attack_experiment`; each writes its outputs atomically into the experiment's run folder.
+The pipeline's rule scripts are a few lines around these functions; each writes its outputs atomically
+into the experiment's run folder.
 """
 
 from __future__ import annotations
@@ -9,206 +9,32 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
-from gloro.architectures import canonical_name, create_model
+from gloro.architectures import create_model
 from gloro.atomic import atomic_path, write_json
 from gloro.attack import AUTOATTACK_SQUARE_QUERIES, AUTOATTACK_STEPS, autoattack_accuracy, pgd_accuracy
 from gloro.audit import audit_sensitivity, audit_soundness
-from gloro.certify import Certificate, create_certifier, list_certifiers
+from gloro.bench.experiment import DataOptions, Experiment
+from gloro.bench.machine import provenance
+from gloro.bench.run_files import AttackFiles, BoundsFiles, CertifyFiles, StepCostFiles, TrainFiles, stage_files
+from gloro.certify import Certificate, create_certifier
 from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import load, save
-from gloro.data import Split, Subset, load_dataset
+from gloro.data import Split
 from gloro.evaluate import certification_report, certify_all
 from gloro.gloro_net import GloroNet
-from gloro.methods import COST_REFERENCE, get_method, methods
-from gloro.methods.options import option_names, options_to_config
-from gloro.run_files import AttackFiles, BoundsFiles, CertifyFiles, StepCostFiles, TrainFiles, stage_files
-from gloro.schedules import SCHEDULES, schedule_from_config, schedule_to_config
+from gloro.methods.options import options_to_config
+from gloro.schedules import SCHEDULES, schedule_to_config
 from gloro.step_cost import steady_cost
 from gloro.tightness import global_tightness
 from gloro.train import TrainingRecipe, finished_epochs, train
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A named experiment; fields and defaults mirror workflow/schemas/config.schema.yaml."""
-
-    name: str
-    dataset: str
-    architecture: str
-    train_epsilon: float | dict
-    eval_epsilon: float
-    epochs: int
-    activation: str = "relu"
-    init: str = "glorot_uniform"
-    method: str = "gloro"
-    loss: str | None = None  # the method's default loss (gloro for GloRo)
-    options: dict = field(default_factory=dict)  # the method's own settings (its options_class), by name
-    warmup_epochs: int = 0
-    batch_size: int = 256
-    learning_rate: float | dict = 1e-3
-    power_iterations: int = 10
-    augmentation: str = "none"
-    seed: int = 0
-    when_available: bool = False
-    subset: dict = field(default_factory=dict)
-    certifiers: tuple[str, ...] | None = None
-    eval_points: int | None = None
-    eval_every: int = 1
-    not_run: str | None = None  # planned but not runnable, with the reason (Table 1 shows it)
-    optimizer: dict | None = None  # {kind: adam | sgd, momentum, weight_decay, clip_grad_norm}; default Adam
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "architecture", canonical_name(self.architecture))
-        except ValueError as error:
-            raise ValueError(f"experiment {self.name!r}: {error}") from error
-        method = get_method(self.method)
-        if self.loss is None:
-            object.__setattr__(self, "loss", method.losses[0])
-        if self.loss not in method.losses:
-            raise ValueError(
-                f"experiment {self.name!r}: method {self.method!r} trains with loss {' or '.join(method.losses)}, "
-                f"not {self.loss!r}"
-            )
-        try:
-            method.make_options(self.options)
-        except ValueError as error:
-            owners = [name for name in methods() if set(self.options or {}) & set(option_names(get_method(name)))]
-            elsewhere = f" (options of {', '.join(owners)})" if owners and self.method not in owners else ""
-            raise ValueError(f"experiment {self.name!r}: {error}{elsewhere}") from error
-        certifiers = (method.certifier,) if self.certifiers is None else tuple(self.certifiers)
-        known = list_certifiers()
-        if unknown := [name for name in certifiers if name not in known]:
-            raise ValueError(f"experiment {self.name!r}: unknown certifiers {unknown}; known: {', '.join(known)}")
-        if not certifiers or certifiers[0] != method.certifier:
-            raise ValueError(
-                f"experiment {self.name!r}: the first certifier is the one its results are reported with and must be "
-                f"{method.certifier!r} for method {self.method!r}, got {list(certifiers)}"
-            )
-        object.__setattr__(self, "certifiers", certifiers)
-        if not (isinstance(self.eval_every, int) and self.eval_every >= 1):
-            every = self.eval_every
-            raise ValueError(f"experiment {self.name!r}: eval_every must be a whole number >= 1, got {every!r}")
-        self.recipe()  # every schedule is checked when the config is read, not when a job starts
-
-    @property
-    def label(self) -> str:
-        """The method as tables print it (GloRo, GloRo-T, KW, BCP)."""
-        return get_method(self.method).label(self.loss)
-
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping) -> Experiment:
-        """Build from a config entry; an unknown or missing key raises naming it."""
-        known = {f.name for f in fields(cls)} - {"name"}
-        if unknown := set(settings) - known:
-            method = get_method(settings.get("method", "gloro"))
-            hint = f"; a method's own settings go under options: ({method.name}'s: {', '.join(option_names(method))})"
-            raise ValueError(
-                f"experiment {name!r}: unknown keys {sorted(unknown)}; known keys: {sorted(known)}"
-                + (hint if option_names(method) else "")
-            )
-        try:
-            return cls(name=name, **{key: value for key, value in settings.items() if value is not None})
-        except TypeError as error:
-            raise ValueError(f"experiment {name!r}: {error}") from error
-
-    def recipe(self) -> TrainingRecipe:
-        """The training recipe, with every schedule built (and checked) from its config form."""
-        return TrainingRecipe(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            learning_rate=schedule_from_config(self.learning_rate),
-            epsilon=schedule_from_config(self.train_epsilon),
-            loss=self.loss,
-            options=get_method(self.method).make_options(self.options),
-            augmentation=self.augmentation,
-            seed=self.seed,
-            adam_epsilon=get_method(self.method).adam_epsilon,
-            **optimizer_settings(self.name, self.optimizer),
-        )
-
-    def subset_for(self, split: str) -> Subset | None:
-        size = self.subset.get(split)
-        return None if size is None else Subset(int(size), self.subset.get("seed"))
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    """Where data sets are looked for and cached, whether a download is allowed, and whether files that
-    differ from the official release are refused (`strict`, the default) or read with a warning."""
-
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    download: bool = False
-    strict: bool = True
-
-    def load(self, experiment: Experiment, split: str, progress: bool = False) -> Split:
-        return load_dataset(
-            experiment.dataset,
-            split,
-            data_dir=self.data_dir,
-            cache_dir=self.cache_dir,
-            download=self.download,
-            strict=self.strict,
-            subset=experiment.subset_for(split),
-            progress=progress,
-        )
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks the GPU when one is present, else the CPU; an explicit device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but no CUDA device is available; use 'auto' or 'cpu'")
-    return device
-
-
-def provenance(device: torch.device) -> dict:
-    """Git commit, torch version and device name, recorded beside every result."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    return {"git_commit": commit, "torch_version": str(torch.__version__), "device": str(device), "device_name": name}
-
-
-def cpu_name() -> str:
-    """The processor's model name, the instruction set of PyTorch's kernels and the threads it uses, e.g.
-    'AMD EPYC 7B13, AVX512, 2 threads': float32 sums run in an order set by all three, so trained nets differ."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as stream:
-            model = next((line.split(":", 1)[1].strip() for line in stream if line.startswith("model name")), model)
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{model or 'unknown CPU'}, {capability}, {threads} thread{'' if threads == 1 else 's'}"
-
-
-def optimizer_settings(name: str, spec: Mapping | None) -> dict:
-    """TrainingRecipe's optimizer fields from an experiment's `optimizer` entry (None: Adam, no decay)."""
-    spec = dict(spec or {})
-    kind = spec.pop("kind", "adam")
-    known = {"momentum", "weight_decay", "clip_grad_norm"}
-    if unknown := set(spec) - known:
-        raise ValueError(f"experiment {name!r}: unknown optimizer settings {sorted(unknown)}; known: {sorted(known)}")
-    return {"optimizer": kind, **spec}
 
 
 def recipe_settings(recipe: TrainingRecipe) -> dict:
@@ -320,24 +146,6 @@ def new_net(experiment: Experiment, split: Split) -> GloroNet:
         power_iterations=experiment.power_iterations,
         seed=experiment.seed,
     )
-
-
-def cost_reference(name: str, experiments: Mapping[str, Mapping]) -> str | None:
-    """The experiment whose training time Table 1 divides by this one's (`COST_REFERENCE`, GloRo, on the same
-    data set, architecture and ε, run in this config; the first by name), or None: none, or this is one."""
-    this = Experiment.from_config(name, experiments[name])
-    if this.label == COST_REFERENCE:
-        return None
-    for other, settings in sorted(experiments.items()):
-        candidate = Experiment.from_config(other, settings)
-        same = (candidate.dataset, candidate.architecture, round(float(candidate.eval_epsilon), 3)) == (
-            this.dataset,
-            this.architecture,
-            round(float(this.eval_epsilon), 3),
-        )
-        if same and candidate.label == COST_REFERENCE and not candidate.not_run:
-            return other
-    return None
 
 
 def step_cost_experiment(

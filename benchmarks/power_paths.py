@@ -2,7 +2,8 @@
 
 For every Linear and Conv2d bound of a freshly initialised GloRo Net, each path the layer has (compiled,
 columns, convolutions, matmul) advances the iterate `--steps` steps; median over `--blocks` blocks of
-`--repeats` calls, the paths interleaved block by block. Also prints which path `gloro.power_path` chose.
+`--repeats` calls, the paths interleaved block by block (`gloro.timing.interleaved_rounds`). Also prints
+which path `gloro.power_path` chose.
 
     .venv/bin/python benchmarks/power_paths.py [--architecture 2C2F] [--input 1 28 28] [--steps 10]
 """
@@ -12,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 import gloro
-from gloro import power_path
+from gloro import power_path, timing
 from gloro.lipschitz import PowerIterationBound
 
 
@@ -35,21 +35,25 @@ def main() -> None:
         if not isinstance(bound, PowerIterationBound):
             continue
         weight, start = layer.weight.detach(), bound.iterate.clone()
-        paths = bound.paths(weight)
-        samples: dict[str, list[float]] = {path: [] for path in paths}
-        for path in paths:
-            bound.advance(weight, args.steps, path)  # warm-up
-        for _ in range(args.blocks):
-            for path in paths:
-                began = time.perf_counter()
+
+        def calls(path: str, bound=bound, weight=weight):
+            def run() -> None:
                 for _ in range(args.repeats):
                     bound.advance(weight, args.steps, path)
-                samples[path].append((time.perf_counter() - began) / args.repeats)
+
+            return run
+
+        sides = {path: calls(path) for path in bound.paths(weight)}
+        for side in sides.values():
+            side()  # warm-up
+        rounds = timing.interleaved_rounds(sides, min_seconds=0.0, min_rounds=args.blocks, max_rounds=args.blocks)
         bound.iterate.copy_(start)
         rows.append(
             {
                 "layer": repr(layer),
-                "microseconds": {path: round(1e6 * statistics.median(times), 1) for path, times in samples.items()},
+                "microseconds": {
+                    path: round(1e6 * statistics.median(times) / args.repeats, 1) for path, times in rounds.items()
+                },
                 "chosen": bound.path_for(weight),
             }
         )

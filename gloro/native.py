@@ -48,11 +48,19 @@ def cache_dir() -> Path:
     return default_cache_dir()
 
 
+@functools.cache
+def cpuinfo_lines() -> tuple[str, ...]:
+    """The lines of /proc/cpuinfo, read once per process (none where the file does not exist)."""
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
 def processor() -> str:
     """What -march=native compiles for: the CPU's model and instruction-set flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
+    lines = cpuinfo_lines()
+    if not lines:
         return f"{platform.machine()} {platform.processor()}"
     wanted = ("model name", "flags", "Features", "CPU part")
     return "\n".join(dict.fromkeys(line for line in lines if line.startswith(wanted)))

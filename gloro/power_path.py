@@ -132,12 +132,8 @@ def chosen() -> dict[str, str]:
 
 def processor_summary() -> dict[str, str]:
     """The processor and instruction-set levels a timing was taken at, for a benchmark's record."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
     fields = {}
-    for line in lines:
+    for line in native.cpuinfo_lines():
         name, _, value = line.partition(":")
         fields.setdefault(name.strip(), value.strip())
     model = fields.get("model name", platform.processor() or platform.machine())

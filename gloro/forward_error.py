@@ -23,13 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
-from gloro.layer_rules import rule_for
+from gloro.layer_rules import affine_map, rule_for
 from gloro.margin import head_distances
-from gloro.outward import TINY32, TINY64, U32, U64, gamma, norm_up, row_norms_up, spectral_norm_upper, unit_roundoff, up
+from gloro.outward import TINY32, TINY64, U32, U64, gamma, norm_up, row_norms_up, unit_roundoff, up
 
 
 @dataclass(frozen=True)
@@ -55,68 +53,31 @@ def _doubled_up(pair: torch.Tensor) -> torch.Tensor:
     return torch.nextafter(torch.nextafter(2 * pair, infinity), infinity)
 
 
-def abs_operator_norm(layer: nn.Module, norm: float) -> float:
-    """An upper bound on ‖|A|‖₂, A the layer's linear map: for a conv, the norm of its polyphase kernel's
-    absolute sum over taps (the frequency-0 block of the circulant bound, the largest for a non-negative
-    kernel); for a Linear, of |W|; for AvgPool2d, whose kernel is non-negative, its norm `norm`."""
-    if isinstance(layer, nn.AvgPool2d):
-        return norm
-    weight = layer.weight.detach().double().cpu().abs()
-    if isinstance(layer, nn.Linear):
-        return spectral_norm_upper(weight)
-    out_ch, in_ch, kh, kw = weight.shape
-    sh, sw = _pair(layer.stride)
-    taps_h, taps_w = math.ceil(kh / sh), math.ceil(kw / sw)
-    padded = F.pad(weight, (0, taps_w * sw - kw, 0, taps_h * sh - kh))
-    phases = padded.view(out_ch, in_ch, taps_h, sh, taps_w, sw).sum((2, 4)).reshape(out_ch, in_ch * sh * sw)
-    terms = taps_h * taps_w
-    return spectral_norm_upper(phases, entry_error=up(gamma(terms, U64) * norm_up(phases)))
-
-
 def outward(scale: torch.Tensor, fan_in: int) -> torch.Tensor:
     """What float64 rounding can have moved values summed from `fan_in` terms of total magnitude `scale`."""
     return 4 * gamma(fan_in + 2, U64) * scale + TINY64 * (2 * fan_in + 2)
 
 
 class AffineStep:
-    """One affine layer in float64 on the CPU: x ↦ Ax + b, x ↦ |A|x (+ |b|), its fan-in n (terms summed per
-    output, a bias or AvgPool's division counted as one more) and the norms its ℓ2 bounds need."""
+    """One affine layer in float64 on the CPU (`map`), and in float32 (`map32`) for the magnitudes that a ball's
+    bound computes in float32: its fan-in n (terms summed per output, a bias or AvgPool's division counted as
+    one more), its sound norm and the norms its ℓ2 bounds need."""
 
     def __init__(self, layer: nn.Module, norm: float) -> None:
         self.layer = copy.deepcopy(layer).cpu()
         self.norm = float(norm)
-        self.abs_norm = abs_operator_norm(layer, norm)
-        if isinstance(layer, nn.AvgPool2d):
-            self.pool = copy.deepcopy(layer).cpu()
-            kh, kw = _pair(layer.kernel_size)
-            self.fan_in, self.weight, self.bias, self.abs_weight, self.abs_bias = kh * kw + 1, None, None, None, None
-            self.options = self.abs_weight32 = self.abs_bias32 = None
-            self.row_norms = torch.tensor(self.norm, dtype=torch.float64).view(1, 1, 1, 1)  # ‖A_v‖ ≤ ‖A‖
-            self.row_norms32 = _float32_up(self.row_norms)
-            return
-        self.pool = None
-        self.weight = layer.weight.detach().double().cpu().clone()
-        self.bias = None if layer.bias is None else layer.bias.detach().double().cpu().clone()
-        self.options = (layer.stride, layer.padding) if isinstance(layer, nn.Conv2d) else None
-        self.fan_in = self.weight[0].numel() + (self.bias is not None)
-        self.abs_weight = self.weight.abs()
-        self.abs_bias = None if self.bias is None else self.bias.abs()
-        self.abs_weight32 = layer.weight.detach().cpu().float().abs()
-        self.used = (self.abs_weight32 != 0).float()
-        self.abs_bias32 = None if layer.bias is None else layer.bias.detach().cpu().float().abs()
-        rows = self.weight.flatten(1)  # each output's weights ‖A_v‖₂, shaped to broadcast over its pixels
-        norms = row_norms_up(rows)
-        self.row_norms = norms.view(1, -1, 1, 1) if self.options is not None else norms.view(1, -1)
+        cpu = torch.device("cpu")
+        self.map = affine_map(self.layer, torch.float64, cpu)
+        self.map32 = affine_map(self.layer, torch.float32, cpu)
+        self.fan_in = self.map.fan_in
+        self.abs_norm = self.map.abs_norm(self.norm)
+        self.row_norms = self.map.row_norms(self.norm)  # each output's ‖A_v‖₂, shaped to broadcast
         self.row_norms32 = _float32_up(self.row_norms)
 
     def terms(self, nonzero: torch.Tensor) -> torch.Tensor | None:
         """Per output, how many of its products can be nonzero given which inputs can (plus the bias): the n of
-        its γ_n, since adding an exact zero rounds nothing. None for pooling (its fan-in is small)."""
-        if self.pool is None:  # counts below 2²⁴ are exact in float32
-            used, mask = self.used, nonzero.float()
-            count = F.linear(mask, used) if self.options is None else F.conv2d(mask, used, None, *self.options)
-            return count.double() + (self.bias is not None)
-        return None
+        its γ_n, since adding an exact zero rounds nothing. None where the fan-in is small (pooling)."""
+        return self.map32.nonzero_terms(nonzero)
 
     def reach(self, radius: torch.Tensor) -> torch.Tensor | None:
         """‖A_v‖·R per output v, rounded up: by Cauchy–Schwarz, what |A|·|Δ| can reach for any ‖Δ‖ ≤ R (B,)."""
@@ -129,25 +90,18 @@ class AffineStep:
     def magnitude32(self, x: torch.Tensor) -> torch.Tensor:
         """|A|x + |b| for x ≥ 0 held exactly in float32, computed in float32 (within γ_n of the exact value,
         less one smallest normal per operation: `RoundingModel._rounding32` accounts for both)."""
-        return self._apply(x.float(), self.abs_weight32, self.abs_bias32)
+        return self.map32.absolute(x.float(), bias=True)
 
     def reach32(self, radius: torch.Tensor) -> torch.Tensor:
         """‖A_v‖·R per output in float32 for R (B,) in float32, each ‖A_v‖ rounded up to float32."""
         return self.row_norms32 * radius.view(-1, *([1] * (self.row_norms32.dim() - 1)))
 
-    def _apply(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.pool is not None:
-            return self.pool(x)
-        if self.options is None:
-            return F.linear(x, weight, bias)
-        return F.conv2d(x, weight, bias, *self.options)
-
     def affine(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, self.weight, self.bias)
+        return self.map.affine(x)
 
     def magnitude(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """|A|x + |b| (or |A|x), x ≥ 0, in float64: within `outward` of the exact value."""
-        return self._apply(x, self.abs_weight, self.abs_bias if bias else None)
+        return self.map.absolute(x, bias)
 
     def magnitude_up(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """An upper bound on the exact |A|x (+ |b|) for x ≥ 0 held exactly."""
@@ -156,9 +110,10 @@ class AffineStep:
 
     def output_bias_norm(self, outputs: int) -> float:
         """‖b‖₂ over all `outputs` units (a conv's bias repeats once per pixel), rounded up."""
-        if self.bias is None:
+        bias = self.map.bias
+        if bias is None:
             return 0.0
-        return up(up(norm_up(self.bias) * math.sqrt(outputs / len(self.bias))) * (1 + 2 * U64))
+        return up(up(norm_up(bias) * math.sqrt(outputs / len(bias))) * (1 + 2 * U64))
 
 
 def _role(layer: nn.Module) -> str:
@@ -230,7 +185,7 @@ class RoundingModel:
 
     @property
     def num_classes(self) -> int:
-        return len(self.head.weight)
+        return len(self.head.map.weight)
 
     def region(
         self, lower: torch.Tensor, upper: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor

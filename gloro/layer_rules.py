@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gloro.affine_maps import AffineMap, AvgPool2dMap, Conv2dMap, LinearMap
 from gloro.layers import MinMax
 from gloro.lipschitz import ConstantBound, Conv2dBound, LayerBound, LinearBound, UnsupportedLayerError, avg_pool2d_norm
 from gloro.outward import product_up
@@ -24,7 +25,6 @@ from gloro.outward import product_up
 BoundFactory = Callable[[nn.Module, tuple[int, ...], torch.Generator | None], LayerBound]
 CarryError = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 ROLES = ("affine", "activation", "reshape", "block")
-AFFINE_PRIMITIVES = (nn.Linear, nn.Conv2d, nn.AvgPool2d)  # the affine maps every certifier here computes
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,15 @@ class LayerRule:
     bound: (layer, input shape, generator) → its `LayerBound`; for a block, the product of its primitives'
     when not given. carry_error: for an activation or a reshape, (layer, per-unit bound on |x̂ − x|, upper end
     of x's interval) → the per-unit bound on its output's error; given a 0/1 bound, it marks the outputs that
-    can be nonzero. lower: for a block, layer → its primitive layers.
+    can be nonzero. affine_map: for an affine layer, the `AffineMap` class that computes it (`affine_map`).
+    lower: for a block, layer → its primitive layers.
     """
 
     layer_type: type[nn.Module]
     role: str
     bound: BoundFactory | None = None
     carry_error: CarryError | None = None
+    affine_map: type[AffineMap] | None = None
     lower: Callable[[nn.Module], Sequence[nn.Module]] | None = None
 
 
@@ -55,23 +57,19 @@ def register_layer_rule(
     *,
     bound: BoundFactory | None = None,
     carry_error: CarryError | None = None,
+    affine_map: type[AffineMap] | None = None,
     lower: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
 ) -> LayerRule:
     """Register what the library needs to know about `layer_type` (matched exactly, not by subclass: a
     subclass may change forward). A block needs `lower`; an activation or a reshape needs `bound` and
-    `carry_error`; an affine layer `bound`. A second, different rule for a type raises."""
+    `carry_error`; an affine layer `bound` and `affine_map`. A second, different rule for a type raises."""
     if role not in ROLES:
         raise ValueError(f"unknown layer role {role!r}; roles: {', '.join(ROLES)}")
-    needs = {"block": ("lower",), "affine": ("bound",)}.get(role, ("bound", "carry_error"))
-    if role == "affine" and layer_type not in AFFINE_PRIMITIVES:
-        raise ValueError(
-            f"{layer_type.__name__}: the rounding model and the local certifiers compute Linear, Conv2d and "
-            "AvgPool2d only; register a new affine layer as a block that lowers to them"
-        )
-    given = {"bound": bound, "carry_error": carry_error, "lower": lower}
+    needs = {"block": ("lower",), "affine": ("bound", "affine_map")}.get(role, ("bound", "carry_error"))
+    given = {"bound": bound, "carry_error": carry_error, "affine_map": affine_map, "lower": lower}
     if missing := [name for name in needs if given[name] is None]:
         raise ValueError(f"a {role} layer rule for {layer_type.__name__} needs {' and '.join(missing)}")
-    rule = LayerRule(layer_type, role, bound, carry_error, lower)
+    rule = LayerRule(layer_type, role, bound, carry_error, affine_map, lower)
     known = _RULES.get(layer_type)
     if known is not None and known != rule:
         raise ValueError(f"a different layer rule for {layer_type.__name__} is already registered")
@@ -100,6 +98,19 @@ def rule_for(layer: nn.Module) -> LayerRule:
 def role_of(layer: nn.Module) -> str:
     """The role of `layer`'s rule (see `LayerRule`)."""
     return rule_for(layer).role
+
+
+def affine_map(
+    layer: nn.Module,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
+    differentiable: bool = False,
+) -> AffineMap:
+    """The affine `layer` as its rule's `AffineMap` computes it (see `AffineMap`); any other layer raises."""
+    rule = rule_for(layer)
+    if rule.role != "affine":
+        raise UnsupportedLayerError(f"{layer!r} is not an affine layer (its rule's role: {rule.role})")
+    return rule.affine_map(layer, dtype, device, differentiable)
 
 
 def primitives(layers: Iterable[nn.Module]) -> list[nn.Module]:
@@ -212,10 +223,15 @@ def _unit_bound(layer: nn.Module, input_shape: tuple[int, ...], generator: torch
     return ConstantBound(1.0)
 
 
-register_layer_rule(nn.Linear, "affine", bound=lambda layer, shape, generator: LinearBound(layer, generator))
-register_layer_rule(nn.Conv2d, "affine", bound=_conv_bound)
 register_layer_rule(
-    nn.AvgPool2d, "affine", bound=lambda layer, shape, generator: ConstantBound(avg_pool2d_norm(layer, shape))
+    nn.Linear, "affine", bound=lambda layer, shape, generator: LinearBound(layer, generator), affine_map=LinearMap
+)
+register_layer_rule(nn.Conv2d, "affine", bound=_conv_bound, affine_map=Conv2dMap)
+register_layer_rule(
+    nn.AvgPool2d,
+    "affine",
+    bound=lambda layer, shape, generator: ConstantBound(avg_pool2d_norm(layer, shape)),
+    affine_map=AvgPool2dMap,
 )
 register_layer_rule(nn.ReLU, "activation", bound=_unit_bound, carry_error=_carry_relu)
 register_layer_rule(MinMax, "activation", bound=_unit_bound, carry_error=_carry_minmax)

@@ -9,7 +9,7 @@ from torch import nn
 import gloro
 from gloro import native
 from gloro.data import load_digits
-from gloro.forward_error import abs_operator_norm
+from gloro.layer_rules import affine_map
 from gloro.lipschitz import conv_padding
 from gloro.outward import gamma, unit_roundoff
 
@@ -63,7 +63,7 @@ def conv_case_strategy(in_channels: int, out_channels: int, kernel: int, size: i
 def float32_estimate_slack(layer: nn.Module, bound) -> float:
     """How far above ‖A‖₂ a float32 estimate ‖Ax‖ at a unit x can round, relative: γ_{n+1}·‖|A|‖₂/‖A‖₂ for a
     Linear or Conv2d of fan-in n (Higham, Thm 3.5, and ‖|A||x|‖ ≤ ‖|A|‖₂), with ‖|A|‖₂ bounded from above
-    (`abs_operator_norm`) and ‖A‖₂ from below by ‖Ax‖/‖x‖ at the bound's iterate x, both in float64."""
+    (`AffineMap.abs_norm`) and ‖A‖₂ from below by ‖Ax‖/‖x‖ at the bound's iterate x, both in float64."""
     if not isinstance(layer, nn.Linear | nn.Conv2d):
         return 0.0
     weight, x = layer.weight.detach().double(), bound.iterate.detach().double()
@@ -71,4 +71,4 @@ def float32_estimate_slack(layer: nn.Module, bound) -> float:
         image = F.linear(x.reshape(1, -1), weight)
     else:
         image = F.conv2d(x.reshape(1, *x.shape[-3:]), weight, None, layer.stride, conv_padding(layer))
-    return gamma32(weight[0].numel() + 1) * abs_operator_norm(layer, 0.0) / float(image.norm() / x.norm())
+    return gamma32(weight[0].numel() + 1) * affine_map(layer).abs_norm(0.0) / float(image.norm() / x.norm())

@@ -2,6 +2,7 @@
 written in those primitives; a wrong lowering, a layer without a rule and a bad registration are refused; and
 every primitive's rule carries rounding errors soundly."""
 
+import copy
 import importlib
 import sys
 
@@ -11,7 +12,8 @@ from torch import nn
 
 from gloro import GloroNet, create_model
 from gloro.certify.local import certify_local
-from gloro.layer_rules import AFFINE_PRIMITIVES, bound_for, layer_rules, primitives, register_layer_rule, rule_for
+from gloro.certify.masked_operator import explicit_matrix
+from gloro.layer_rules import affine_map, bound_for, layer_rules, primitives, register_layer_rule, rule_for
 from gloro.lipschitz import UnsupportedLayerError
 from gloro.plugins import load_plugins
 
@@ -113,7 +115,7 @@ class Unregistered(nn.Module):
     [
         ("block", {}, "needs lower"),
         ("activation", {"bound": bound_for}, "needs carry_error"),
-        ("affine", {"bound": bound_for}, "register a new affine layer as a block"),
+        ("affine", {"bound": bound_for}, "needs affine_map"),
         ("residual", {}, "unknown layer role 'residual'"),
     ],
 )
@@ -130,9 +132,39 @@ def test_a_second_rule_for_a_type_is_refused():
     assert rule_for(nn.ReLU()).role == "activation"
 
 
-def test_every_affine_primitive_has_an_affine_rule():
-    roles = {rule.layer_type: rule.role for rule in layer_rules()}
-    assert all(roles.get(kind) == "affine" for kind in AFFINE_PRIMITIVES)
+AFFINE_SAMPLES = {  # one layer per affine rule, with its input shape: a new affine rule needs one here
+    nn.Linear: (nn.Linear(6, 5), (6,)),
+    nn.Conv2d: (nn.Conv2d(2, 3, 3, 2, 1), (2, 5, 5)),
+    nn.AvgPool2d: (nn.AvgPool2d(2), (2, 4, 4)),
+}
+
+
+def test_every_affine_rule_has_a_sample_here():
+    assert {rule.layer_type for rule in layer_rules() if rule.role == "affine"} == set(AFFINE_SAMPLES)
+
+
+@pytest.mark.parametrize("kind", list(AFFINE_SAMPLES), ids=lambda kind: kind.__name__)
+def test_an_affine_map_computes_its_layer_and_bounds_its_norms_from_above(kind):
+    layer, shape = AFFINE_SAMPLES[kind]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    operator = affine_map(layer)
+    x = torch.randn((7, *shape), generator=generator, dtype=torch.float64)
+    reference = copy.deepcopy(layer).double()
+    assert torch.allclose(operator.affine(x), reference(x), rtol=1e-12, atol=1e-12)
+    matrix = explicit_matrix(operator.linear, shape)  # A, exactly: every entry a weight, or a pool's 1/k²
+    flat = x.flatten(1)
+    assert torch.allclose(operator.absolute(x.abs()).flatten(1), flat.abs() @ matrix.abs().T, rtol=1e-12)
+    assert torch.allclose(operator.squared(x).flatten(1), flat @ matrix.square().T, rtol=1e-12)
+    norm = float(torch.linalg.matrix_norm(matrix, ord=2))
+    assert operator.abs_norm(norm) >= float(torch.linalg.matrix_norm(matrix.abs(), ord=2))
+    rows = operator.row_norms(norm).expand(1, *operator.affine(x[:1]).shape[1:]).flatten()
+    assert (rows >= torch.linalg.vector_norm(matrix, dim=1)).all()  # ‖A_v‖ per output, from above
+    terms = operator.nonzero_terms(torch.ones((1, *shape)))
+    if terms is not None:  # every product of an interior output can be nonzero; a border one has fewer
+        assert terms.max() == operator.fan_in and (terms.flatten() >= (matrix != 0).sum(1)).all()
 
 
 class Wrapped(nn.Module):

@@ -24,31 +24,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet, SoundConstants
-from gloro.layer_rules import role_of
-from gloro.lipschitz import UnsupportedLayerError, check_plain_conv, conv_padding
+from gloro.layer_rules import affine_map, role_of
+from gloro.lipschitz import UnsupportedLayerError
 
 SOLVER_ITERATIONS = 20  # the authors' training used 1 (CIFAR) or 10 (MNIST); at most d are ever needed
-
-
-def affine_maps(layer: nn.Module, dtype: torch.dtype):
-    """(affine, linear with |W|, per-output-unit row norms ‖W_j‖₂ shaped to broadcast) of a Linear or Conv2d."""
-    weight = layer.weight.to(dtype)
-    bias = None if layer.bias is None else layer.bias.to(dtype)
-    if type(layer) is nn.Linear:
-        return (lambda v: F.linear(v, weight, bias)), (lambda v: F.linear(v, weight.abs())), weight.norm(dim=1)
-    check_plain_conv(layer)
-    stride, padding = _pair(layer.stride), conv_padding(layer)
-    rows = weight.flatten(1).norm(dim=1).view(1, -1, 1, 1)  # a bound for border units, whose kernel is cut off
-    return (
-        lambda v: F.conv2d(v, weight, bias, stride, padding),
-        lambda v: F.conv2d(v, weight.abs(), None, stride, padding),
-        rows,
-    )
 
 
 def propagate(
@@ -77,18 +60,20 @@ def propagate(
             radius = rho.view(-1, *[1] * (mu.dim() - 1))
             lower = torch.maximum(F.relu(lower), mu - radius)
             upper = torch.minimum(F.relu(upper), mu + radius)
-        elif kind in (nn.Linear, nn.Conv2d):
-            affine, absolute, rows = affine_maps(layer, dtype)
-            center = affine(mu)
-            middle, half = affine((lower + upper) / 2), absolute((upper - lower) / 2)
+        elif role_of(layer) == "affine" and getattr(layer, "weight", None) is not None:
+            operator = affine_map(layer, dtype, differentiable=True)
+            # each output unit's ‖W_j‖₂: a bound for border units too, whose kernel is cut off
+            rows = operator.per_output(operator.weight.flatten(1).norm(dim=1))
+            center = operator.affine(mu)
+            middle, half = operator.affine((lower + upper) / 2), operator.absolute((upper - lower) / 2)
             ball = rho.view(-1, *[1] * (center.dim() - 1)) * rows
             lower = torch.maximum(middle - half, center - ball)
             upper = torch.minimum(middle + half, center + ball)
             mu, rho = center, rho * norm.to(dtype)
         else:
             raise UnsupportedLayerError(
-                f"BCP here propagates through Linear, Conv2d, ReLU, Flatten and Identity, not {kind.__name__} "
-                f"({layer!r})"
+                f"BCP here propagates through affine layers with a weight (Linear, Conv2d), ReLU and reshapes, "
+                f"not {kind.__name__} ({layer!r})"
             )
         if trace is not None:
             trace.append((mu, rho, lower, upper))

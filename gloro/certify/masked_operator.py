@@ -12,12 +12,10 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.utils import _pair
 
 from gloro.eigen import gram_lower, largest_eigenvalues
-from gloro.lipschitz import conv_padding
+from gloro.layer_rules import affine_map
 
 # Masked operators whose explicit matrix has at most this many entries get an exact SVD; larger ones a fallback.
 LOCAL_EXPLICIT_MAX_ENTRIES = 1 << 23
@@ -30,26 +28,9 @@ class AffineOperator:
         self.layer = layer
         self.input_shape = tuple(input_shape)
         self.global_bound = global_bound.double()
-        kind = type(layer)
-        if kind is nn.Linear:
-            weight = layer.weight.detach().double()
-            bias = None if layer.bias is None else layer.bias.detach().double()
-            self.linear = lambda x: F.linear(x, weight)
-            self.absolute = lambda x: F.linear(x, weight.abs())
-            self.squared = lambda x: F.linear(x, weight.square())
-            self.affine = lambda x: F.linear(x, weight, bias)
-        elif kind is nn.Conv2d:
-            weight = layer.weight.detach().double()
-            bias = None if layer.bias is None else layer.bias.detach().double()
-            stride, padding = _pair(layer.stride), conv_padding(layer)
-            self.linear = lambda x: F.conv2d(x, weight, None, stride, padding)
-            self.absolute = lambda x: F.conv2d(x, weight.abs(), None, stride, padding)
-            self.squared = lambda x: F.conv2d(x, weight.square(), None, stride, padding)
-            self.affine = lambda x: F.conv2d(x, weight, bias, stride, padding)
-        else:  # nn.AvgPool2d: a conv with non-negative weights 1/k², so |A| = A and A∘A = A/k²
-            area = math.prod(_pair(layer.kernel_size))
-            self.linear = self.absolute = self.affine = layer
-            self.squared = lambda x: layer(x) / area
+        operator = affine_map(layer, torch.float64)  # on the layer's device
+        self.affine, self.linear = operator.affine, operator.linear
+        self.absolute, self.squared = operator.absolute, operator.squared
         self.device = self.global_bound.device
         probe = torch.zeros((1, *self.input_shape), dtype=torch.float64, device=self.device)
         self.output_shape = tuple(self.linear(probe).shape[1:])

@@ -22,10 +22,10 @@ from gloro.train import (
     TrainingRecipe,
     epoch_values,
     make_optimizer,
-    synchronize,
     train_batch,
     training_memory_format,
 )
+from gloro.training_cost import synchronize
 
 ROUND_SECONDS = 0.2  # each side's steps in one round run at least this long
 ROUNDS = 5  # rounds per side: the median and the spread come from these

@@ -1,40 +1,33 @@
 """Training a GloroNet: one recipe (epochs, batch size, schedules, loss, augmentation), seeded shuffles and
-augmentations, per-epoch history with the cost of training, and optional best-eval-VRA model selection.
+augmentations, and a per-epoch history with the cost of training and optional best-eval-VRA model selection.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gloro.atomic import torch_save
 from gloro.certify import create_certifier
 from gloro.data.augment import Augmentation, augmentation, augmentations, no_augmentation
 from gloro.gloro_net import GloroNet
+from gloro.history import BestModel, TrainingHistory, resume, save_scratch
 from gloro.layout import matching_gradients
 from gloro.methods import get_method, method_for_loss, methods, training_losses
 from gloro.methods.options import NoOptions
 from gloro.schedules import Constant, Schedule
-
-try:
-    import resource
-except ImportError:  # not on Windows: peak memory on the CPU is then not recorded
-    resource = None
+from gloro.training_cost import peak_memory_mb, reset_peak_memory, synchronize
 
 WARMUP_LOSS = "clean"  # plain cross-entropy on the wrapped model's logits: the CIFAR recipe's warm-up
+
+
 OPTIMIZERS = ("adam", "sgd")
-BEST_SELECTION = "the epoch with the highest eval_vra (the first on ties); the paper's code selected on the test set"
 
 
 @dataclass(frozen=True)
@@ -79,35 +72,6 @@ class TrainingRecipe:
             raise TypeError(f"loss {self.loss!r} takes options {expected.__name__}, got {type(self.options).__name__}")
         if self.augmentation not in augmentations():
             raise ValueError(f"unknown augmentation {self.augmentation!r}; known: {', '.join(augmentations())}")
-
-
-@dataclass(frozen=True, eq=False)
-class BestModel:
-    """The weights (a CPU copy of the state_dict) of the epoch with the best eval VRA, and its numbers.
-
-    Report it beside the final model, labelled as selected on the eval set: when that set is the test set,
-    as in the paper's code, its numbers are optimistic.
-    """
-
-    epoch: int
-    vra: float
-    clean_accuracy: float
-    epsilon: float
-    state_dict: dict[str, torch.Tensor]
-    selection: str = BEST_SELECTION
-
-
-class TrainingHistory(list):
-    """One dict per epoch (a plain list to every caller) plus `best`, the best-eval-VRA model (None when no
-    eval set was given). The final model is the net itself, as training leaves it.
-    """
-
-    def __init__(self, rows: Iterable[dict] = (), best: BestModel | None = None) -> None:
-        super().__init__(rows)
-        self.best = best
-
-    def cost(self) -> dict:
-        return training_cost(self)
 
 
 def train(
@@ -274,56 +238,6 @@ def schedule_columns() -> list[str]:
     return list(dict.fromkeys(column for name in methods() for column in get_method(name).schedule_columns))
 
 
-def save_scratch(path, recipe, net, optimizer, generator, history: TrainingHistory) -> None:
-    """Everything `resume` needs to continue after the last finished epoch, written atomically."""
-    best = None if history.best is None else asdict(history.best)
-    payload = {
-        "recipe": repr(recipe),
-        "net": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(),
-        "history": list(history),
-        "best": best,
-    }
-    torch_save(payload, path)
-
-
-def read_scratch(path, recipe: TrainingRecipe) -> dict | None:
-    """The scratch file at `path` if it exists, is readable and was written for `recipe`; else None (warned)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged scratch file only costs the epochs it held
-        warnings.warn(f"ignoring unreadable training scratch file {path} ({error}); starting over", stacklevel=3)
-        return None
-    if payload.get("recipe") != repr(recipe):
-        warnings.warn(f"ignoring training scratch file {path}: it was written for another recipe", stacklevel=3)
-        return None
-    return payload
-
-
-def finished_epochs(path, recipe: TrainingRecipe) -> int:
-    """How many epochs a usable scratch file at `path` holds (0 without one)."""
-    payload = read_scratch(path, recipe)
-    return 0 if payload is None else len(payload["history"])
-
-
-def resume(path, recipe, net, optimizer, generator, history: TrainingHistory) -> int:
-    """Restore a scratch file written for the same recipe; returns the epoch to start from (0 without one)."""
-    payload = read_scratch(path, recipe)
-    if payload is None:
-        return 0
-    net.load_state_dict(payload["net"])
-    optimizer.load_state_dict(payload["optimizer"])
-    generator.set_state(payload["generator"])
-    history.extend(payload["history"])
-    history.best = None if payload["best"] is None else BestModel(**payload["best"])
-    print(f"resuming after epoch {len(history) - 1} of {recipe.epochs} from {path}", file=sys.stderr)
-    return len(history)
-
-
 def train_epoch(
     net: GloroNet,
     images: torch.Tensor,
@@ -373,59 +287,6 @@ def train_batch(
     optimizer.step()
     with torch.no_grad():
         return float(loss) * len(y), float((clean.argmax(1) == y).sum()), float(robust_points.sum())
-
-
-def training_cost(history: Sequence[dict]) -> dict:
-    """The cost of a run from its history: the first epoch apart (it includes one-off warm-up: allocator,
-    kernel selection, lazy initialisation), the later epochs as the steady-state cost: their mean, and their
-    median, fastest and slowest, which say how far a slow moment of the machine moved it.
-
-    later_epochs_* are None for a one-epoch run. peak_mem_mb is the largest per-epoch peak (on the CPU,
-    the process's lifetime peak RSS, which includes whatever ran before training).
-    """
-    if not history:
-        raise ValueError("no epochs in the history")
-    later = list(history[1:])
-    peaks = [row["peak_mem_mb"] for row in history if row.get("peak_mem_mb") is not None]
-    return {
-        "epochs": len(history),
-        "total_seconds": sum(row["seconds"] for row in history),
-        "first_epoch_seconds": history[0]["seconds"],
-        "later_epochs_mean_seconds": sum(row["seconds"] for row in later) / len(later) if later else None,
-        "later_epochs_median_seconds": statistics.median(row["seconds"] for row in later) if later else None,
-        "later_epochs_min_seconds": min(row["seconds"] for row in later) if later else None,
-        "later_epochs_max_seconds": max(row["seconds"] for row in later) if later else None,
-        "later_epochs_images_per_second": (
-            sum(row["images_per_second"] for row in later) / len(later) if later else None
-        ),
-        "peak_mem_mb": max(peaks) if peaks else None,
-        "peak_mem_source": history[-1].get("peak_mem_source"),
-    }
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that a wall-clock timing covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak for `peak_memory_mb` (only the GPU's allocator can reset it; the CPU's RSS peak cannot)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> tuple[float | None, str | None]:
-    """Peak memory in MiB and where it comes from: the CUDA allocator's peak since the last reset, or the
-    process's peak resident set size (getrusage ru_maxrss: a lifetime peak, never reset).
-    """
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    if resource is None:
-        return None, None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    bytes_per_unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
-    return peak * bytes_per_unit / 2**20, "cpu_process_max_rss"
 
 
 def training_memory_format(net: GloroNet, recipe: TrainingRecipe) -> torch.memory_format:

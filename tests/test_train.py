@@ -10,7 +10,8 @@ from torch import nn
 import gloro
 from gloro.bench.stages import write_csv
 from gloro.data import augment, load_digits
-from gloro.train import TrainingHistory, training_cost
+from gloro.history import TrainingHistory
+from gloro.training_cost import training_cost
 
 DETERMINISTIC = ("epoch", "loss", "clean_accuracy", "vra", "epsilon", "lr")
 

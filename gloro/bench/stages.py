@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from gloro.adversaries import AUTOATTACK_SQUARE_QUERIES, AUTOATTACK_STEPS
 from gloro.architectures import create_model
 from gloro.atomic import atomic_path, write_json
-from gloro.attack import AUTOATTACK_SQUARE_QUERIES, AUTOATTACK_STEPS, autoattack_accuracy, pgd_accuracy
+from gloro.attack import autoattack_accuracy, pgd_accuracy
 from gloro.audit import audit_sensitivity, audit_soundness
 from gloro.bench.experiment import DataOptions, Experiment
 from gloro.bench.machine import provenance
@@ -30,11 +31,12 @@ from gloro.checkpoint import load, save
 from gloro.data import Split
 from gloro.evaluate import certification_report, certify_all
 from gloro.gloro_net import GloroNet
+from gloro.history import finished_epochs
 from gloro.methods.options import options_to_config
 from gloro.schedules import SCHEDULES, schedule_to_config
 from gloro.step_cost import steady_cost
 from gloro.tightness import global_tightness
-from gloro.train import TrainingRecipe, finished_epochs, train
+from gloro.train import TrainingRecipe, train
 
 
 def recipe_settings(recipe: TrainingRecipe) -> dict:

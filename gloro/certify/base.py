@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 import torch
 
 from gloro.certificate import Certificate
-from gloro.gloro_net import GloroNet, SoundConstants, check_epsilon
+from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.precision import exact_arithmetic
+from gloro.sound_constants import SoundConstants
 from gloro.timing import repeated_seconds
 
 

@@ -27,9 +27,10 @@ from torch import nn
 
 from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
-from gloro.gloro_net import GloroNet, SoundConstants
+from gloro.gloro_net import GloroNet
 from gloro.layer_rules import affine_map, role_of
 from gloro.lipschitz import UnsupportedLayerError
+from gloro.sound_constants import SoundConstants
 
 SOLVER_ITERATIONS = 20  # the authors' training used 1 (CIFAR) or 10 (MNIST); at most d are ever needed
 

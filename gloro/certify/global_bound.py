@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from gloro.certify.base import Certifier
 from gloro.certify.registry import register_certifier
-from gloro.gloro_net import GloroNet, SoundConstants
+from gloro.gloro_net import GloroNet
+from gloro.sound_constants import SoundConstants
 
 
 @register_certifier

@@ -18,8 +18,9 @@ from torch import nn
 
 from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
-from gloro.gloro_net import GloroNet, SoundConstants
+from gloro.gloro_net import GloroNet
 from gloro.lipschitz import conv_padding
+from gloro.sound_constants import SoundConstants
 
 KW_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten)
 

@@ -5,7 +5,7 @@ rule attack:
         certificates=rules.certify.output.certificates,
         test_data=experiment_data("test"),
     output:
-        report=f"{run_dir()}/attack.json",
+        report=run_file(AttackFiles, "report"),
     params:
         settings=experiment_settings,
         data=DATA_OPTIONS,
@@ -14,7 +14,7 @@ rule attack:
     log:
         main=f"{RESULTS}/logs/attack/{{experiment}}.log",
         # a log, not an output: Snakemake keeps it when a broken certificate fails the job
-        violations=f"{run_dir()}/violations.json",
+        violations=run_file(AttackFiles, "violations"),
     benchmark:
         f"{RESULTS}/benchmarks/attack/{{experiment}}.tsv"
     threads: workflow.cores

@@ -4,7 +4,7 @@ rule bounds:
         model=rules.train.output.model,
         test_data=experiment_data("test"),
     output:
-        report=f"{run_dir()}/bounds.json",
+        report=run_file(BoundsFiles, "report"),
     params:
         settings=experiment_settings,
         data=DATA_OPTIONS,

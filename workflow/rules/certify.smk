@@ -4,9 +4,9 @@ rule certify:
         model=rules.train.output.model,
         test_data=experiment_data("test"),
     output:
-        report=f"{run_dir()}/certify.json",
-        radii=f"{run_dir()}/radii.csv",
-        certificates=f"{run_dir()}/certificates.csv",
+        report=run_file(CertifyFiles, "report"),
+        radii=run_file(CertifyFiles, "radii"),
+        certificates=run_file(CertifyFiles, "certificates"),
     params:
         settings=experiment_settings,
         data=DATA_OPTIONS,

@@ -6,6 +6,7 @@ import sys
 from gloro.certify import list_certifiers
 from gloro.data import cache_file, dataset_available, datasets
 from gloro.bench.experiment import Experiment, cost_reference
+from gloro.bench.run_files import AttackFiles, BoundsFiles, CertifyFiles, ReportFiles, StepCostFiles, TrainFiles
 from gloro.plugins import load_plugins
 
 load_plugins(config["plugins"])  # before any experiment is read: the methods, certifiers and architectures
@@ -99,6 +100,16 @@ def prepare_options():
 def run_dir(experiment="{experiment}"):
     """The run folder of one experiment (a wildcard pattern by default)."""
     return f"{RESULTS}/runs/{experiment}"
+
+
+def run_file(files, name, experiment="{experiment}"):
+    """A file of one experiment's run folder, under the name `files` (a gloro.bench.run_files class) gives it."""
+    return f"{run_dir(experiment)}/{files.standard_names()[name]}"
+
+
+def result_file(name):
+    """A table or figure of results/, under the name gloro.bench.run_files.ReportFiles gives it."""
+    return f"{RESULTS}/{ReportFiles.standard_names()[name]}"
 
 
 DATA_OPTIONS = {

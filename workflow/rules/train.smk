@@ -4,14 +4,14 @@ rule train:
         train_data=experiment_data("train"),
         test_data=experiment_data("test"),
     output:
-        model=f"{run_dir()}/model.pt",
-        best_model=f"{run_dir()}/model_best_on_test.pt",
-        history=f"{run_dir()}/history.csv",
-        summary=f"{run_dir()}/train.json",
+        model=run_file(TrainFiles, "model"),
+        best_model=run_file(TrainFiles, "best_model"),
+        history=run_file(TrainFiles, "history"),
+        summary=run_file(TrainFiles, "summary"),
     params:
         # rewritten after every epoch and removed at the end, so not outputs: a retried job resumes from them
-        scratch=f"{run_dir()}/scratch.pt",
-        warmup=f"{run_dir()}/warmup.json",
+        scratch=run_file(TrainFiles, "scratch"),
+        warmup=run_file(TrainFiles, "warmup"),
         settings=experiment_settings,
         data=DATA_OPTIONS,
         device=config["device"],
@@ -35,7 +35,7 @@ rule time_steps:
         model=rules.train.output.model,
         train_data=experiment_data("train"),
     output:
-        report=f"{run_dir()}/steps.json",
+        report=run_file(StepCostFiles, "report"),
     params:
         settings=experiment_settings,
         reference=cost_reference_settings,

@@ -31,7 +31,7 @@ import gloro
 from gloro import power_path
 from gloro.cpu_memory import keep_freed_memory
 from gloro.data.registry import load_dataset
-from gloro.train import TrainingRecipe
+from gloro.training import TrainingRecipe
 
 OFFICIAL_VENV = Path(__file__).resolve().with_name(".venv-official")
 

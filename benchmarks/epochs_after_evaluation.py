@@ -34,7 +34,7 @@ def one_run(evaluate: bool, all_threads: bool, epochs: int) -> list[float]:
     from gloro.bench.experiment import DataOptions, Experiment
     from gloro.bench.stages import new_net
     from gloro.cpu_memory import keep_freed_memory
-    from gloro.train import train
+    from gloro.training import train
 
     keep_freed_memory()  # as the pipeline's training job
     if all_threads:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import importlib
 import json
 import statistics
 from unittest import mock
@@ -22,6 +21,7 @@ from unittest import mock
 from epochs import CASES, case_data, gloro_epochs  # beside this script
 from interleaved import interleaved
 
+import gloro.training
 from gloro.cpu_memory import keep_freed_memory
 
 
@@ -33,8 +33,7 @@ def unhooked(model):
 def epoch_seconds(case: str, data, args: argparse.Namespace, side: str) -> float:
     """The median seconds of the later epochs of one `gloro.train` run, with the hook ("matching") or without."""
     architecture, iterations, epsilon, _ = CASES[case]
-    training = importlib.import_module("gloro.train")  # the module, which gloro.train (the function) hides
-    patch = mock.patch.object(training, "matching_gradients", unhooked) if side == "mixed" else None
+    patch = mock.patch.object(gloro.training, "matching_gradients", unhooked) if side == "mixed" else None
     with patch or contextlib.nullcontext():
         run = gloro_epochs(architecture, iterations, epsilon, data, args.epochs, args.batch_size)
     return statistics.median(run["epoch_seconds"])

@@ -4,19 +4,19 @@ The public API is one name per job; everything else is reachable from its submod
 `gloro.tightness`, `gloro.schedules`, `gloro.losses`, ...).
 """
 
-from gloro.architectures import architectures, create_model, register_architecture
+from gloro.architectures import create_model, list_architectures, register_architecture
 from gloro.attack import autoattack_accuracy, pgd_accuracy
 from gloro.audit import SoundnessError, audit_soundness
 from gloro.certificate import Certificate
 from gloro.certify import Certifier, create_certifier, list_certifiers, register_certifier
 from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import load, save
-from gloro.evaluate import evaluate
+from gloro.evaluation import evaluate
 from gloro.gloro_net import GloroNet
 from gloro.layers import MinMax
-from gloro.methods import Method, methods, register_method
+from gloro.methods import Method, list_methods, register_method
 from gloro.schedules import schedule_from_config
-from gloro.train import TrainingRecipe, train
+from gloro.training import TrainingRecipe, train
 
 __version__ = "0.1.0"
 
@@ -28,16 +28,16 @@ __all__ = [
     "MinMax",
     "SoundnessError",
     "TrainingRecipe",
-    "architectures",
     "audit_soundness",
     "autoattack_accuracy",
     "compare_certifiers",
     "create_certifier",
     "create_model",
     "evaluate",
+    "list_architectures",
     "list_certifiers",
+    "list_methods",
     "load",
-    "methods",
     "pgd_accuracy",
     "register_architecture",
     "register_certifier",

@@ -63,7 +63,7 @@ def register_architecture(name: str) -> Callable[[Builder], Builder]:
     return register
 
 
-def architectures() -> list[str]:
+def list_architectures() -> list[str]:
     """Names known to `create_model`."""
     return list(_ARCHITECTURES)
 

@@ -18,7 +18,7 @@ import torch
 from gloro.adversaries import build_adversary
 from gloro.atomic import write_json
 from gloro.attack import AttackReport, check_unit_interval, predict, run_adversary
-from gloro.evaluate import certify_all
+from gloro.evaluation import certify_all
 from gloro.gloro_net import GloroNet, check_epsilon
 
 if TYPE_CHECKING:

@@ -14,13 +14,13 @@ from gloro.attack import pgd_l2
 from gloro.checkpoint import save
 from gloro.cpu_memory import keep_freed_memory
 from gloro.data import DIGITS_DIVISOR, load_digits
-from gloro.evaluate import evaluate
+from gloro.evaluation import evaluate
 from gloro.gloro_net import GloroNet
-from gloro.methods import get_method, methods
+from gloro.methods import get_method, list_methods
 from gloro.methods.options import describe_options
 from gloro.plugins import load_plugins
 from gloro.schedules import DecayAfterHalf
-from gloro.train import TrainingRecipe, train
+from gloro.training import TrainingRecipe, train
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -63,11 +63,11 @@ def demo(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
-def list_methods(args: argparse.Namespace) -> int:
+def describe_methods(args: argparse.Namespace) -> int:
     """Each registered method (the built-in ones and those of `--plugin` modules): losses and their table
     labels, certifier, reference and options."""
     load_plugins(args.plugin)
-    for name in methods():
+    for name in list_methods():
         method = get_method(name)
         losses = ", ".join(f"{loss} ({label})" for loss, label in zip(method.losses, method.labels, strict=True))
         reference = f"; {method.reference}" if method.reference else ""
@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=demo)
     listing = commands.add_parser("methods", help="the training methods a config can name, with their options")
     listing.add_argument("--plugin", action="append", default=[], help="a module or .py file to import first")
-    listing.set_defaults(handler=list_methods)
+    listing.set_defaults(handler=describe_methods)
     return main_parser
 
 

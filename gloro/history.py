@@ -16,7 +16,7 @@ from gloro.atomic import torch_save
 from gloro.training_cost import training_cost
 
 if TYPE_CHECKING:
-    from gloro.train import TrainingRecipe
+    from gloro.training import TrainingRecipe
 
 BEST_SELECTION = "the epoch with the highest eval_vra (the first on ties); the paper's code selected on the test set"
 

@@ -18,7 +18,7 @@ from gloro.data.augment import augmentation
 from gloro.gloro_net import GloroNet
 from gloro.layout import matching_gradients
 from gloro.timing import interleaved_rounds
-from gloro.train import (
+from gloro.training import (
     TrainingRecipe,
     epoch_values,
     make_optimizer,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch import nn
@@ -77,14 +75,14 @@ def kernel_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def test_registry_holds_the_papers_names():
-    assert set(gloro.architectures()) == {"2C2F", "4C3F", "6C2F", "8C2F", "7C1F"}
+    assert set(gloro.list_architectures()) == {"2C2F", "4C3F", "6C2F", "8C2F", "7C1F"}
 
 
 def test_every_registry_name_has_an_expected_layout():
-    assert {name for name, _, _ in EXPECTED} == set(gloro.architectures())
+    assert {name for name, _, _ in EXPECTED} == set(gloro.list_architectures())
 
 
-@pytest.mark.parametrize("name", gloro.architectures())
+@pytest.mark.parametrize("name", gloro.list_architectures())
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_output_shape_and_layer_order(name, activation, shape):
@@ -217,7 +215,7 @@ def test_pytorch_init_has_nonzero_biases():
 def test_unknown_name_lists_the_known_names():
     with pytest.raises(ValueError, match="9C9F") as error:
         gloro.create_model("9C9F", (1, 28, 28), 10)
-    for name in gloro.architectures():
+    for name in gloro.list_architectures():
         assert name in str(error.value)
 
 
@@ -256,7 +254,7 @@ def test_num_classes_must_be_at_least_two():
 @pytest.fixture
 def registry(monkeypatch):
     """The architecture registry, restored after the test."""
-    module = importlib.import_module("gloro.architectures")  # `gloro.architectures` is also the function
+    module = gloro.architectures
     monkeypatch.setattr(module, "_ARCHITECTURES", dict(module._ARCHITECTURES))
     return module
 
@@ -275,7 +273,7 @@ def test_an_architecture_registered_from_outside_is_built_wrapped_and_named_by_a
             nn.Linear(32, spec.num_classes),
         ]
 
-    assert "tiny-mlp" in gloro.architectures()
+    assert "tiny-mlp" in gloro.list_architectures()
     model = gloro.create_model("Tiny-MLP", (1, 8, 8), 10, activation="minmax", seed=3)
     assert model.architecture == ArchitectureSpec("tiny-mlp", (1, 8, 8), 10, "minmax", "glorot_uniform")
     assert isinstance(model[2], MinMax) and model[3].bias.abs().max() == 0  # the registry's init still applies

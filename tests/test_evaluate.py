@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import gloro
 from gloro.data import load_digits
-from gloro.evaluate import STANDARD_RADII, certification_report, certify_all, radius_label, vra_at_radii
+from gloro.evaluation import STANDARD_RADII, certification_report, certify_all, radius_label, vra_at_radii
 
 EPSILON = 0.3
 

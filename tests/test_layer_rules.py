@@ -3,21 +3,18 @@ written in those primitives; a wrong lowering, a layer without a rule and a bad 
 every primitive's rule carries rounding errors soundly."""
 
 import copy
-import importlib
 import sys
 
 import pytest
 import torch
 from torch import nn
 
-from gloro import GloroNet, create_model
+from gloro import GloroNet, architectures, create_model
 from gloro.certify.local import certify_local
 from gloro.certify.masked_operator import explicit_matrix
 from gloro.layer_rules import affine_map, bound_for, layer_rules, primitives, register_layer_rule, rule_for
 from gloro.lipschitz import UnsupportedLayerError
 from gloro.plugins import load_plugins
-
-architectures = importlib.import_module("gloro.architectures")  # `gloro.architectures` is the listing function
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,13 +1,12 @@
 """Gradients through a channels_last net's Flatten: back in channels_last inside the block, the same values,
 the hooks gone afterwards, and training and attacks running inside it."""
 
-import importlib
-
 import torch
 
 import gloro
 import gloro.attack
 import gloro.layout
+import gloro.training
 from gloro.layout import matching_gradients
 
 
@@ -71,7 +70,7 @@ def test_training_and_attacks_run_inside_it(monkeypatch):
         entered.append(model)
         return original(model)
 
-    training = importlib.import_module("gloro.train")  # the module, which gloro.train (the function) hides
+    training = gloro.training
     monkeypatch.setattr(training, "matching_gradients", counting)
     monkeypatch.setattr(gloro.attack, "matching_gradients", counting)
     net = channels_last_2c2f()

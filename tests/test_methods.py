@@ -5,7 +5,7 @@ import torch
 
 from gloro.bench.experiment import DataOptions, Experiment
 from gloro.bench.stages import attack_experiment, certify_experiment, train_experiment
-from gloro.methods import get_method, methods
+from gloro.methods import get_method, list_methods
 from gloro.schedules import Constant
 
 SETTINGS = {
@@ -90,8 +90,8 @@ def test_method_options_are_checked_when_the_config_is_read(change, message):
 def test_every_method_names_a_registered_certifier_and_its_table_labels():
     from gloro.certify import list_certifiers
 
-    assert methods() == ["gloro", "kw", "bcp"]
-    for name in methods():
+    assert list_methods() == ["gloro", "kw", "bcp"]
+    for name in list_methods():
         method = get_method(name)
         assert method.certifier in list_certifiers() and len(method.labels) == len(method.losses)
     assert (
@@ -215,4 +215,4 @@ def test_a_method_that_contradicts_the_registry_is_refused(registry):
 
     with pytest.raises(TypeError, match="must set name"):
         register_method(Nameless)
-    assert "clash" not in registry.methods() and "unlabelled" not in registry.methods()
+    assert "clash" not in registry.list_methods() and "unlabelled" not in registry.list_methods()

@@ -161,3 +161,16 @@ def test_the_library_imports_without_the_pipeline_side():
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_the_public_api_is_a_few_names_none_hiding_a_submodule():
+    """`gloro.__all__` stays within 25 names; none is also the name of a submodule of gloro, so that
+    `gloro.training`, `gloro.evaluation`, `gloro.methods`, ... always reach the modules."""
+    import pkgutil
+
+    import gloro
+
+    submodules = {module.name for module in pkgutil.iter_modules(gloro.__path__)}
+    assert len(gloro.__all__) <= 25 and len(set(gloro.__all__)) == len(gloro.__all__)
+    assert not set(gloro.__all__) & submodules
+    assert all(hasattr(gloro, name) for name in gloro.__all__)

@@ -5,7 +5,7 @@ import pytest
 
 from gloro.bench import figures, tables, views
 from gloro.bench.views import significant
-from gloro.evaluate import radius_label
+from gloro.evaluation import radius_label
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field, fields
 from gloro.architectures import canonical_name
 from gloro.certify import list_certifiers
 from gloro.data import Split, Subset, load_dataset
-from gloro.methods import COST_REFERENCE, get_method, methods
+from gloro.methods import COST_REFERENCE, get_method, list_methods
 from gloro.methods.options import option_names
 from gloro.schedules import schedule_from_config
-from gloro.train import TrainingRecipe
+from gloro.training import TrainingRecipe
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Experiment:
         try:
             method.make_options(self.options)
         except ValueError as error:
-            owners = [name for name in methods() if set(self.options or {}) & set(option_names(get_method(name)))]
+            owners = [name for name in list_methods() if set(self.options or {}) & set(option_names(get_method(name)))]
             elsewhere = f" (options of {', '.join(owners)})" if owners and self.method not in owners else ""
             raise ValueError(f"experiment {self.name!r}: {error}{elsewhere}") from error
         certifiers = (method.certifier,) if self.certifiers is None else tuple(self.certifiers)

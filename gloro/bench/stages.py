@@ -29,14 +29,14 @@ from gloro.certify import Certificate, create_certifier
 from gloro.certify.compare import compare_certifiers
 from gloro.checkpoint import load, save
 from gloro.data import Split
-from gloro.evaluate import certification_report, certify_all
+from gloro.evaluation import certification_report, certify_all
 from gloro.gloro_net import GloroNet
 from gloro.history import finished_epochs
 from gloro.methods.options import options_to_config
 from gloro.schedules import SCHEDULES, schedule_to_config
 from gloro.step_cost import steady_cost
 from gloro.tightness import global_tightness
-from gloro.train import TrainingRecipe, train
+from gloro.training import TrainingRecipe, train
 
 
 def recipe_settings(recipe: TrainingRecipe) -> dict:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from gloro.bench.run_files import RunReports
-from gloro.methods import COST_REFERENCE, get_method, methods, table_labels
+from gloro.methods import COST_REFERENCE, get_method, list_methods, table_labels
 
 TABLE1_METRICS = ("clean", "pgd", "vra")
 
@@ -252,7 +252,7 @@ def published_labels() -> dict[str, str]:
     """workflow/resources/published.csv's method keys (gloro, gloro_trades, kw, bcp) → table labels."""
     return {
         get_method(name).published_key(loss): get_method(name).label(loss)
-        for name in methods()
+        for name in list_methods()
         for loss in get_method(name).losses
     }
 
@@ -260,7 +260,7 @@ def published_labels() -> dict[str, str]:
 def baseline_labels() -> tuple[str, ...]:
     """The labels of every method but the cost reference's (KW, BCP): where the config runs none of them at a
     setting with published numbers, Table 1 adds a row with those numbers alone."""
-    own = next(get_method(name).labels for name in methods() if COST_REFERENCE in get_method(name).labels)
+    own = next(get_method(name).labels for name in list_methods() if COST_REFERENCE in get_method(name).labels)
     return tuple(label for label in table_labels() if label not in own)
 
 

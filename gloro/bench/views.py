@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from gloro.evaluate import radius_label
+from gloro.evaluation import radius_label
 from gloro.step_cost import ROUND_SECONDS, ROUNDS
 
 UNSTEADY_LOW, UNSTEADY_HIGH = 0.85, 1.15  # a cost ratio whose spread leaves ±15% is not printed as one number

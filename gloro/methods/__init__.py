@@ -1,12 +1,12 @@
-"""Training methods by name (`@register_method`, `get_method`, `methods`): GloRo and GloRo-T, and the
+"""Training methods by name (`@register_method`, `get_method`, `list_methods`): GloRo and GloRo-T, and the
 baselines KW and BCP. A method of your own is a `Method` subclass registered the same way (docs/methods.md)."""
 
 from gloro.methods import bcp, gloro, kw  # noqa: F401 - registers the built-in methods
 from gloro.methods.base import Method, Objective
 from gloro.methods.registry import (
     get_method,
+    list_methods,
     method_for_loss,
-    methods,
     register_method,
     table_labels,
     training_losses,
@@ -19,8 +19,8 @@ __all__ = [
     "Method",
     "Objective",
     "get_method",
+    "list_methods",
     "method_for_loss",
-    "methods",
     "register_method",
     "table_labels",
     "training_losses",

@@ -12,7 +12,7 @@ from gloro.methods.options import NoOptions, options_from_config
 
 if TYPE_CHECKING:
     from gloro.gloro_net import GloroNet
-    from gloro.train import TrainingRecipe
+    from gloro.training import TrainingRecipe
 
 Objective = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # loss, clean logits, robust by the training bound
 

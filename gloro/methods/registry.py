@@ -25,7 +25,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def methods() -> list[str]:
+def list_methods() -> list[str]:
     """Names `get_method` knows, in table order."""
     return sorted(_METHODS, key=lambda name: (_METHODS[name].order, name))
 
@@ -33,7 +33,7 @@ def methods() -> list[str]:
 def get_method(name: str) -> Method:
     """The method registered as `name`; an unknown name raises listing the known ones."""
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(methods())}")
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
     return _METHODS[name]
 
 
@@ -47,9 +47,9 @@ def method_for_loss(loss: str) -> Method:
 
 def training_losses() -> list[str]:
     """Every loss a registered method trains with."""
-    return [loss for name in methods() for loss in _METHODS[name].losses]
+    return [loss for name in list_methods() for loss in _METHODS[name].losses]
 
 
 def table_labels() -> list[str]:
     """Every method's table labels, in table order."""
-    return [label for name in methods() for label in _METHODS[name].labels]
+    return [label for name in list_methods() for label in _METHODS[name].labels]

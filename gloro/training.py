@@ -19,7 +19,7 @@ from gloro.data.augment import Augmentation, augmentation, augmentations, no_aug
 from gloro.gloro_net import GloroNet
 from gloro.history import BestModel, TrainingHistory, resume, save_scratch
 from gloro.layout import matching_gradients
-from gloro.methods import get_method, method_for_loss, methods, training_losses
+from gloro.methods import get_method, list_methods, method_for_loss, training_losses
 from gloro.methods.options import NoOptions
 from gloro.schedules import Constant, Schedule
 from gloro.training_cost import peak_memory_mb, reset_peak_memory, synchronize
@@ -235,7 +235,7 @@ def epoch_values(recipe: TrainingRecipe, epoch: int) -> dict[str, float]:
 
 def schedule_columns() -> list[str]:
     """Every registered method's schedule columns: each history row has them all, None where not its own."""
-    return list(dict.fromkeys(column for name in methods() for column in get_method(name).schedule_columns))
+    return list(dict.fromkeys(column for name in list_methods() for column in get_method(name).schedule_columns))
 
 
 def train_epoch(

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from gloro.lipschitz import check_plain_conv, conv_padding
+from gloro.conv_norms import check_plain_conv, conv_padding
 from gloro.outward import U64, gamma, norm_up, row_norms_up, spectral_norm_upper, up
 
 
@@ -120,7 +120,7 @@ class Conv2dMap(AffineMap):
 
     def abs_norm(self, norm):
         """The norm of the polyphase kernel's absolute sum over taps: the frequency-0 block of the circulant
-        bound (`gloro.lipschitz.conv2d_circulant_bound`), the largest for a non-negative kernel."""
+        bound (`gloro.conv_norms.conv2d_circulant_bound`), the largest for a non-negative kernel."""
         weight = self.layer.weight.detach().double().cpu().abs()
         out_ch, in_ch, kh, kw = weight.shape
         sh, sw = self.stride

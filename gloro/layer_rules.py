@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from gloro.affine_maps import AffineMap, AvgPool2dMap, Conv2dMap, LinearMap
-from gloro.layers import MinMax
-from gloro.lipschitz import ConstantBound, Conv2dBound, LayerBound, LinearBound, UnsupportedLayerError, avg_pool2d_norm
+from gloro.conv_norms import avg_pool2d_norm
+from gloro.layers import MinMax, UnsupportedLayerError
+from gloro.lipschitz import ConstantBound, Conv2dBound, LayerBound, LinearBound
 from gloro.outward import product_up
 
 BoundFactory = Callable[[nn.Module, tuple[int, ...], torch.Generator | None], LayerBound]

@@ -1,4 +1,5 @@
-"""Layers that GloRo Nets use beyond torch.nn: the MinMax (GroupSort-2) activation."""
+"""Layers that GloRo Nets use beyond torch.nn (the MinMax, GroupSort-2, activation), and the error for a layer
+that no Lipschitz bound is known for."""
 
 from __future__ import annotations
 
@@ -16,3 +17,7 @@ class MinMax(nn.Module):
         pairs = x.unflatten(1, (channels // 2, 2))
         low, high = pairs.min(dim=2, keepdim=True).values, pairs.max(dim=2, keepdim=True).values
         return torch.cat((low, high), dim=2).flatten(1, 2)
+
+
+class UnsupportedLayerError(TypeError):
+    """A layer for which no Lipschitz bound is known: counting it as 1 would make certificates unsound."""

@@ -8,9 +8,9 @@ from torch import nn
 
 import gloro
 from gloro import native
+from gloro.conv_norms import conv_padding
 from gloro.data import load_digits
 from gloro.layer_rules import affine_map
-from gloro.lipschitz import conv_padding
 from gloro.outward import gamma, unit_roundoff
 
 EPSILON = 0.3

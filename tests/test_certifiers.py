@@ -16,7 +16,7 @@ from gloro.attack import pgd_l2
 from gloro.certify import Certificate, create_certifier, list_certifiers
 from gloro.certify.bcp import ball_box_maximum, bcp_margins, propagate
 from gloro.certify.kw import check_kw_model, kw_margins
-from gloro.lipschitz import UnsupportedLayerError
+from gloro.layers import UnsupportedLayerError
 
 EPSILON = 0.3
 

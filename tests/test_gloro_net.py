@@ -8,7 +8,7 @@ from conftest import U32, float32_estimate_slack, gamma32
 from torch import nn
 
 import gloro
-from gloro.lipschitz import UnsupportedLayerError
+from gloro.layers import UnsupportedLayerError
 from gloro.losses import gloro_cross_entropy
 from gloro.margin import bottom_logit, head_distances
 

@@ -13,7 +13,7 @@ from gloro import GloroNet, architectures, create_model
 from gloro.certify.local import certify_local
 from gloro.certify.masked_operator import explicit_matrix
 from gloro.layer_rules import affine_map, bound_for, layer_rules, primitives, register_layer_rule, rule_for
-from gloro.lipschitz import UnsupportedLayerError
+from gloro.layers import UnsupportedLayerError
 from gloro.plugins import load_plugins
 
 

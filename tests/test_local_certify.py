@@ -15,7 +15,7 @@ from gloro.certify.crown import certify_crown
 from gloro.certify.local import LocalPlan, certify_local, local_lipschitz
 from gloro.certify.masked_operator import masked_spectral_norms, side_gram
 from gloro.gloro_net import flatten_sequential
-from gloro.lipschitz import UnsupportedLayerError
+from gloro.layers import UnsupportedLayerError
 
 EPSILON = 0.3
 

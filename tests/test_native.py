@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gloro import native
-from gloro.lipschitz import Conv2dBound, LinearBound, explicit_conv_matrix
+from gloro.conv_norms import explicit_conv_matrix
+from gloro.lipschitz import Conv2dBound, LinearBound
 from gloro.margin import certify_logits
 
 needs_library = pytest.mark.skipif(native.library() is None, reason="no C compiler: the library is not built")

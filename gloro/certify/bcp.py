@@ -29,7 +29,7 @@ from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet
 from gloro.layer_rules import affine_map, role_of
-from gloro.lipschitz import UnsupportedLayerError
+from gloro.layers import UnsupportedLayerError
 from gloro.sound_constants import SoundConstants
 
 SOLVER_ITERATIONS = 20  # the authors' training used 1 (CIFAR) or 10 (MNIST); at most d are ever needed

@@ -20,8 +20,7 @@ from gloro.certify.local import LocalPlan, PlannedCertifier, local_lipschitz
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.layer_rules import role_of
-from gloro.layers import MinMax
-from gloro.lipschitz import UnsupportedLayerError
+from gloro.layers import MinMax, UnsupportedLayerError
 from gloro.precision import exact_arithmetic
 
 # CROWN widens each pre-activation bound by this many u per summed term, times the magnitude summed

@@ -18,8 +18,8 @@ from torch import nn
 
 from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
+from gloro.conv_norms import conv_padding
 from gloro.gloro_net import GloroNet
-from gloro.lipschitz import conv_padding
 from gloro.sound_constants import SoundConstants
 
 KW_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten)

@@ -35,8 +35,7 @@ from gloro.certify.masked_operator import LOCAL_EXPLICIT_MAX_ENTRIES, AffineOper
 from gloro.certify.registry import register_certifier
 from gloro.gloro_net import GloroNet, check_epsilon
 from gloro.layer_rules import layer_input_shapes, role_of
-from gloro.layers import MinMax
-from gloro.lipschitz import UnsupportedLayerError
+from gloro.layers import MinMax, UnsupportedLayerError
 from gloro.margin import radius_from_rows
 from gloro.precision import exact_arithmetic
 

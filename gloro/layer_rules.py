@@ -154,6 +154,8 @@ class LoweredBound(LayerBound):
 
     Built once, it checks that the lowering computes what the block computes, bit for bit, on a probe input:
     the rounding model of a certificate describes the lowered operations, so they must be the block's own.
+    Each bound holds for its part's configuration (a conv's stride, padding, input shape), so a part replaced
+    by one configured otherwise since then raises rather than being bounded as the old one.
     """
 
     def __init__(self, layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None) -> None:
@@ -163,19 +165,31 @@ class LoweredBound(LayerBound):
         check_lowering(layer, parts, input_shape)
         shapes = layer_input_shapes(parts, input_shape)
         self.parts = nn.ModuleList(bound_for(part, shape, generator) for part, shape in zip(parts, shapes))
+        self.configurations = [repr(part) for part in parts]
+
+    def lowered(self, layer: nn.Module) -> list[nn.Module]:
+        """The block's parts now, configured as when the bounds were built."""
+        parts = list(self.lower(layer))
+        if [repr(part) for part in parts] != self.configurations:
+            raise RuntimeError(
+                f"a layer inside {type(layer).__name__} was replaced by one configured otherwise after the GloroNet "
+                "was built, so its bounds are not this block's; wrap the model in a new GloroNet"
+            )
+        return parts
 
     def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
         product = torch.ones(())
-        for bound, part in zip(self.parts, self.lower(layer)):
+        for bound, part in zip(self.parts, self.lowered(layer)):
             product = product * bound.estimate(part, iterations)
         return product
 
     def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
-        values = [float(value) for value in self.sound_parts(layer, fast)]
-        return torch.tensor(product_up(values), dtype=torch.float64)
+        parts = self.sound_parts(layer, fast)
+        return torch.tensor(product_up([float(part) for part in parts]), dtype=torch.float64, device=parts[0].device)
 
     def sound_parts(self, layer: nn.Module, fast: bool = False) -> list[torch.Tensor]:
-        return [value for bound, part in zip(self.parts, self.lower(layer)) for value in bound.sound_parts(part, fast)]
+        parts = zip(self.parts, self.lowered(layer))
+        return [value for bound, part in parts for value in bound.sound_parts(part, fast)]
 
 
 def check_lowering(layer: nn.Module, parts: Sequence[nn.Module], input_shape: Sequence[int]) -> None:

@@ -61,7 +61,7 @@ def test_a_blocks_estimate_trains_its_own_weights():
     assert {name for name, _ in blocks.bounds.named_buffers()} >= {"0.parts.0.iterate", "1.parts.0.iterate"}
 
 
-def test_a_frozen_net_notices_a_change_inside_a_block():
+def test_a_change_inside_a_block_is_noticed_frozen_or_not():
     blocks, _ = twin_nets()
     blocks.freeze()
     x = torch.rand(4, 1, 8, 8)
@@ -73,6 +73,11 @@ def test_a_frozen_net_notices_a_change_inside_a_block():
     blocks.freeze()
     blocks.layers[1].conv = nn.Conv2d(16, 32, 4, 2, padding=1)  # a block's layer replaced
     with pytest.raises(RuntimeError, match="freeze"):
+        blocks.certify(x)
+    blocks.unfreeze()
+    blocks.certify(x)  # the same configuration: bounded afresh from its weights
+    blocks.layers[1].conv = nn.Conv2d(16, 32, 3, 2, padding=1)  # outputs of the same shape, from a 3×3 kernel:
+    with pytest.raises(RuntimeError, match="replaced by one configured otherwise"):  # a 4×4 kernel's bound
         blocks.certify(x)
 
 

@@ -22,7 +22,7 @@ from trained_points import add_arguments, net_and_points
 import gloro
 from gloro.bench.stages import proven_robust, read_certificates
 from gloro.cpu_memory import keep_freed_memory
-from gloro.data.registry import load_dataset
+from gloro.data.prepare import load_dataset
 
 
 def main() -> None:

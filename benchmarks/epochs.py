@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import gloro
 from gloro import power_path
 from gloro.cpu_memory import keep_freed_memory
-from gloro.data.registry import load_dataset
+from gloro.data.prepare import load_dataset
 from gloro.training import TrainingRecipe
 
 OFFICIAL_VENV = Path(__file__).resolve().with_name(".venv-official")

@@ -8,7 +8,7 @@ import torch
 
 import gloro
 from gloro.checkpoint import load
-from gloro.data.registry import load_dataset
+from gloro.data.prepare import load_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser, points: int) -> None:

@@ -43,7 +43,7 @@ SIGNATURES = {  # argument types of the library's entry points (see the C source
 
 def cache_dir() -> Path:
     """Where built libraries are kept: the folder of the data caches (~/.cache/gloro-bench, or $XDG_CACHE_HOME)."""
-    from gloro.data.registry import default_cache_dir  # imported here: the data modules are not needed until now
+    from gloro.data.prepare import default_cache_dir  # imported here: the data modules are not needed until now
 
     return default_cache_dir()
 

@@ -22,16 +22,8 @@ from gloro.data.errors import (
     DatasetUnavailableError,
     UnverifiedDataWarning,
 )
-from gloro.data.registry import (
-    DatasetSpec,
-    cache_file,
-    dataset_available,
-    dataset_spec,
-    datasets,
-    default_cache_dir,
-    load_dataset,
-    prepare_dataset,
-)
+from gloro.data.prepare import cache_file, dataset_available, default_cache_dir, load_dataset, prepare_dataset
+from gloro.data.registry import DatasetSpec, dataset_spec, datasets
 from gloro.data.split import Split, Subset, to_unit_interval
 
 __all__ = [

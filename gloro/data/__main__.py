@@ -9,7 +9,8 @@ import time
 from collections.abc import Sequence
 
 from gloro.data.errors import DataError
-from gloro.data.registry import DATASETS, default_cache_dir, prepare_dataset
+from gloro.data.prepare import default_cache_dir, prepare_dataset
+from gloro.data.registry import DATASETS
 
 
 def parser() -> argparse.ArgumentParser:

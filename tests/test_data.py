@@ -32,6 +32,7 @@ from gloro.data import (
     load_dataset,
     load_digits,
     prepare_dataset,
+    register_dataset,
     registry,
     to_unit_interval,
 )
@@ -193,6 +194,43 @@ def test_unknown_name_and_split_raise_with_the_choices(tmp_path):
         load_dataset("svhn", "train", cache_dir=tmp_path)
     with pytest.raises(ValueError, match=r"split must be one of \('train', 'test'\)"):
         load_dataset("digits", "val", cache_dir=tmp_path)
+
+
+PLUGIN_DATA_SET = """
+from dataclasses import replace
+
+from gloro.data import dataset_spec, register_dataset
+from gloro.data import digits
+
+
+def read(location, split, progress):
+    raw = digits.read_split(split)
+    return replace(raw, images=16 - raw.images)
+
+
+register_dataset(replace(dataset_spec("digits"), name="digits-inverted", description="16 - each pixel", read=read))
+"""
+
+
+def test_a_plugins_data_set_is_prepared_and_loaded_by_name_and_a_taken_name_is_refused(tmp_path, monkeypatch):
+    """What a config's plugin does: register a spec (here the digits, inverted); the pipeline's prepare_data
+    command imports it and caches the splits, and it then loads and is named by an experiment like the others."""
+    from gloro.bench.experiment import Experiment
+    from gloro.data import registry
+
+    monkeypatch.setattr(registry, "DATASETS", dict(registry.DATASETS))  # the registration ends with the test
+    plugin = tmp_path / "inverted_digits.py"
+    plugin.write_text(PLUGIN_DATA_SET)
+    cache = str(tmp_path / "cache")
+    assert data_main(["prepare", "digits-inverted", "--plugin", str(plugin), "--cache-dir", cache, "--quiet"]) == 0
+    assert "digits-inverted" in datasets()
+    inverted = load_dataset("digits-inverted", "test", cache_dir=cache, download=False, progress=False)
+    plain = load_dataset("digits", "test", cache_dir=cache, progress=False)
+    assert torch.equal(inverted.images, 16 - plain.images) and torch.equal(inverted.labels, plain.labels)
+    settings = {"dataset": "digits-inverted", "architecture": "2C2F", "train_epsilon": 0.3, "eval_epsilon": 0.3}
+    assert Experiment.from_config("inverted", {**settings, "epochs": 1}).dataset == "digits-inverted"
+    with pytest.raises(ValueError, match="a data set named 'digits' is already registered"):
+        register_dataset(replace(dataset_spec("digits"), description="another"))
 
 
 # ---------------------------------------------------------------- digits

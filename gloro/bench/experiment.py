@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 
 from gloro.architectures import canonical_name
 from gloro.certify import list_certifiers
-from gloro.data import Split, Subset, load_dataset
+from gloro.data import Split, Subset, dataset_spec, load_dataset
 from gloro.methods import COST_REFERENCE, get_method, list_methods
 from gloro.methods.options import option_names
 from gloro.schedules import schedule_from_config
@@ -46,6 +46,7 @@ class Experiment:
 
     def __post_init__(self) -> None:
         try:
+            dataset_spec(self.dataset)
             object.__setattr__(self, "architecture", canonical_name(self.architecture))
         except ValueError as error:
             raise ValueError(f"experiment {self.name!r}: {error}") from error

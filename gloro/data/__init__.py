@@ -23,7 +23,7 @@ from gloro.data.errors import (
     UnverifiedDataWarning,
 )
 from gloro.data.prepare import cache_file, dataset_available, default_cache_dir, load_dataset, prepare_dataset
-from gloro.data.registry import DatasetSpec, dataset_spec, datasets
+from gloro.data.registry import DatasetSpec, dataset_spec, datasets, register_dataset
 from gloro.data.split import Split, Subset, to_unit_interval
 
 __all__ = [
@@ -51,5 +51,6 @@ __all__ = [
     "load_digits",
     "no_augmentation",
     "prepare_dataset",
+    "register_dataset",
     "to_unit_interval",
 ]

@@ -84,39 +84,52 @@ def _cifar_spec(name: str, num_classes: int, description: str) -> DatasetSpec:
     )
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        _idx_spec("mnist", "MNIST handwritten digits, 28×28 grey", tuple(str(digit) for digit in range(10))),
-        _idx_spec("fashion-mnist", "Zalando's Fashion-MNIST, 28×28 grey", FASHION_CLASSES),
-        _cifar_spec("cifar10", 10, "CIFAR-10, 32×32 colour"),
-        _cifar_spec("cifar100", 100, "CIFAR-100 (fine labels), 32×32 colour"),
-        DatasetSpec(
-            name="tiny-imagenet",
-            shape=(3, 64, 64),
-            num_classes=200,
-            sizes={"train": 100000, "test": 10000},
-            divisor=255.0,
-            description="Tiny-ImageNet-200, 64×64 colour; 'test' is the labelled validation set",
-            find=tiny_imagenet.find,
-            read=lambda location, split, progress: tiny_imagenet.read_split(
-                "tiny-imagenet", location, split, (3, 64, 64), 200, progress
-            ),
-            release=RELEASES["tiny-imagenet"],
+DATASETS: dict[str, DatasetSpec] = {}  # name → spec, filled by `register_dataset`
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Make `spec` loadable by its name (`load_dataset`, a config's `dataset:`); a plugin module registers its
+    own this way. A name another spec already has raises."""
+    known = DATASETS.get(spec.name)
+    if known is not None and known is not spec:
+        raise ValueError(f"a data set named {spec.name!r} is already registered")
+    if not spec.name or any(c in spec.name for c in "/ "):
+        raise ValueError(f"a data set's name names its cache files: give one without '/' or spaces, got {spec.name!r}")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+for _spec in (
+    _idx_spec("mnist", "MNIST handwritten digits, 28×28 grey", tuple(str(digit) for digit in range(10))),
+    _idx_spec("fashion-mnist", "Zalando's Fashion-MNIST, 28×28 grey", FASHION_CLASSES),
+    _cifar_spec("cifar10", 10, "CIFAR-10, 32×32 colour"),
+    _cifar_spec("cifar100", 100, "CIFAR-100 (fine labels), 32×32 colour"),
+    DatasetSpec(
+        name="tiny-imagenet",
+        shape=(3, 64, 64),
+        num_classes=200,
+        sizes={"train": 100000, "test": 10000},
+        divisor=255.0,
+        description="Tiny-ImageNet-200, 64×64 colour; 'test' is the labelled validation set",
+        find=tiny_imagenet.find,
+        read=lambda location, split, progress: tiny_imagenet.read_split(
+            "tiny-imagenet", location, split, (3, 64, 64), 200, progress
         ),
-        DatasetSpec(
-            name="digits",
-            shape=(1, 8, 8),
-            num_classes=10,
-            sizes={"train": 1437, "test": 360},
-            divisor=digits.DIGITS_DIVISOR,
-            description="scikit-learn's bundled 8×8 digits (no download), pixels 0..16",
-            find=lambda folder, split: None,
-            read=lambda location, split, progress: digits.read_split(split),
-            bundled=digits.bundled_file,
-        ),
-    )
-}
+        release=RELEASES["tiny-imagenet"],
+    ),
+    DatasetSpec(
+        name="digits",
+        shape=(1, 8, 8),
+        num_classes=10,
+        sizes={"train": 1437, "test": 360},
+        divisor=digits.DIGITS_DIVISOR,
+        description="scikit-learn's bundled 8×8 digits (no download), pixels 0..16",
+        find=lambda folder, split: None,
+        read=lambda location, split, progress: digits.read_split(split),
+        bundled=digits.bundled_file,
+    ),
+):
+    register_dataset(_spec)
 
 
 def datasets() -> tuple[str, ...]:

@@ -88,6 +88,8 @@ def experiment_data(split):
 def prepare_options():
     """Command-line options of `python -m gloro.data prepare` for this config's data folders and download switch."""
     options = ["--cache-dir", config["data_cache"]]
+    for plugin in config["plugins"]:  # a data set of the config's own is registered by its plugin
+        options += ["--plugin", plugin]
     if config["data_dir"]:
         options += ["--data-dir", config["data_dir"]]
     if not config["download"]:

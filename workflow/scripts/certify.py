@@ -12,7 +12,7 @@ from gloro.cpu_memory import keep_freed_memory
 from gloro.plugins import load_plugins
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures
+    load_plugins(snakemake.config["plugins"])  # the config's own methods, layers, data sets, ...
     torch.set_num_threads(snakemake.threads)
     keep_freed_memory()  # reuse freed activations instead of page-faulting them in every step
     experiment = Experiment.from_config(snakemake.wildcards.experiment, snakemake.params.settings)

@@ -7,7 +7,7 @@ from gloro.bench.run_files import ReportFiles, RunReports
 from gloro.plugins import load_plugins
 
 with open(snakemake.log[0], "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-    load_plugins(snakemake.config["plugins"])  # the config's own methods, certifiers and architectures
+    load_plugins(snakemake.config["plugins"])  # the config's own methods, layers, data sets, ...
     inputs = snakemake.input
     reports = {
         name: RunReports(train=train, history=history, certify=certify, attack=attack, bounds=bounds, steps=steps)

@@ -13,8 +13,6 @@ from gloro.data.sources import RELEASES, Release
 from gloro.data.split import RawSplit
 
 SPLITS = ("train", "test")
-
-
 FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from gloro.conv_norms import check_plain_conv, conv_padding
+from gloro.conv_norms import check_plain_conv, conv_padding, polyphase_taps
 from gloro.outward import U64, gamma, norm_up, row_norms_up, spectral_norm_upper, up
 
 
@@ -121,14 +121,10 @@ class Conv2dMap(AffineMap):
     def abs_norm(self, norm):
         """The norm of the polyphase kernel's absolute sum over taps: the frequency-0 block of the circulant
         bound (`gloro.conv_norms.conv2d_circulant_bound`), the largest for a non-negative kernel."""
-        weight = self.layer.weight.detach().double().cpu().abs()
-        out_ch, in_ch, kh, kw = weight.shape
-        sh, sw = self.stride
-        taps_h, taps_w = math.ceil(kh / sh), math.ceil(kw / sw)
-        padded = F.pad(weight, (0, taps_w * sw - kw, 0, taps_h * sh - kh))
-        phases = padded.view(out_ch, in_ch, taps_h, sh, taps_w, sw).sum((2, 4)).reshape(out_ch, in_ch * sh * sw)
-        terms = taps_h * taps_w
-        return spectral_norm_upper(phases, entry_error=up(gamma(terms, U64) * norm_up(phases)))
+        taps = polyphase_taps(self.layer.weight.detach().double().cpu().abs(), self.stride)
+        out_ch, in_ch, taps_h, sh, taps_w, sw = taps.shape
+        phases = taps.sum((2, 4)).reshape(out_ch, in_ch * sh * sw)
+        return spectral_norm_upper(phases, entry_error=up(gamma(taps_h * taps_w, U64) * norm_up(phases)))
 
 
 class AvgPool2dMap(AffineMap):

@@ -87,6 +87,16 @@ def explicit_conv_matrix(
     return matrix[..., :n].reshape(len(w) * positions, n)
 
 
+def polyphase_taps(weight: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """A conv kernel (out, in, kh, kw) in polyphase form, (out, in, taps_h, s_h, taps_w, s_w): the kernel padded
+    with zeros to whole strides, so that tap (a, b) of phase (p, q) is the weight at (a·s_h + p, b·s_w + q)."""
+    out_ch, in_ch, kh, kw = weight.shape
+    sh, sw = _pair(stride)
+    taps_h, taps_w = math.ceil(kh / sh), math.ceil(kw / sw)
+    padded = F.pad(weight, (0, taps_w * sw - kw, 0, taps_h * sh - kh))
+    return padded.view(out_ch, in_ch, taps_h, sh, taps_w, sw)
+
+
 def conv2d_circulant_bound(
     weight: torch.Tensor, input_hw: Sequence[int], stride: Sequence[int], padding: Sequence[int]
 ) -> torch.Tensor:
@@ -97,13 +107,10 @@ def conv2d_circulant_bound(
     conv is a restriction of a circular conv, whose norm is max over DFT frequencies of σ_max(K̂(ω)). The
     transforms are taken directly (a few taps each), so their rounding can be bounded and added.
     """
-    w = weight.detach().double().cpu()
-    out_ch, in_ch, kh, kw = w.shape
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
-    taps_h, taps_w = math.ceil(kh / sh), math.ceil(kw / sw)
-    w = F.pad(w, (0, taps_w * sw - kw, 0, taps_h * sh - kh))
-    w = w.view(out_ch, in_ch, taps_h, sh, taps_w, sw).permute(0, 1, 3, 5, 2, 4)
-    w = w.reshape(out_ch, in_ch * sh * sw, taps_h * taps_w)
+    w = polyphase_taps(weight.detach().double().cpu(), (sh, sw))
+    out_ch, in_ch, taps_h, _, taps_w, _ = w.shape
+    w = w.permute(0, 1, 3, 5, 2, 4).reshape(out_ch, in_ch * sh * sw, taps_h * taps_w)
     n_h = max(math.ceil((input_hw[0] + 2 * ph) / sh), taps_h)
     n_w = max(math.ceil((input_hw[1] + 2 * pw) / sw), taps_w)
     taps = torch.cartesian_prod(torch.arange(taps_h), torch.arange(taps_w))

@@ -12,7 +12,7 @@ from torch import nn
 from gloro.certificate import Certificate
 from gloro.forward_error import RoundingModel, box_error
 from gloro.inference import forward_in_place
-from gloro.layer_rules import bound_for, layer_input_shapes, primitives, role_of
+from gloro.layer_rules import ResidualNorms, bound_for, layer_input_shapes, primitives, role_of, rounding_norms
 from gloro.lipschitz import ConstantBound
 from gloro.margin import head_distances, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
@@ -168,6 +168,11 @@ class GloroNet(nn.Module):
         """Sound bounds of every primitive layer but the head, in the order of `primitive_layers`."""
         return [part for bound, layer in zip(self.bounds, self.layers) for part in bound.sound_parts(layer, fast)]
 
+    def rounding_norms(self, fast: bool = False) -> list:
+        """Sound bounds of every primitive layer but the head as the rounding model reads them (a residual
+        layer's with its branch's: `gloro.layer_rules.rounding_norms`)."""
+        return [norm for bound, layer in zip(self.bounds, self.layers) for norm in rounding_norms(bound, layer, fast)]
+
     def sub_lipschitz(self, sound: bool = False) -> torch.Tensor:
         """K: the product of the bounds of all layers but the last (sound: each product rounded up)."""
         values = self.layer_bounds(sound)
@@ -192,8 +197,8 @@ class GloroNet(nn.Module):
                 "model's; wrap the model in a new GloroNet"
             )
         with torch.no_grad(), exact_arithmetic():
-            norms = [float(value) for value in self.primitive_bounds(fast)]
-            sub = product_up(norms)
+            norms = self.rounding_norms(fast)
+            sub = product_up([norm.total if isinstance(norm, ResidualNorms) else norm for norm in norms])
             layers = self.primitive_layers()
             rounding = RoundingModel(layers, self.input_shape, norms, self.input_range, self.head.weight.dtype)
             error = box_error(rounding)

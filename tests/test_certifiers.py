@@ -210,7 +210,7 @@ def test_kw_rejects_what_the_library_cannot_bound_with_the_reason():
     with pytest.raises(ValueError, match=r"\(H \+ 2p − k\) = 7 is not divisible by the stride"):
         check_kw_model(net)
     pooled = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 10))
-    with pytest.raises(ValueError, match="KW .* bounds Linear, Conv2d, ReLU and Flatten layers, not AvgPool2d"):
+    with pytest.raises(UnsupportedLayerError, match="KW .* bounds Linear, Conv2d, ReLU and Flatten layers, not Avg"):
         create_certifier("kw")(gloro.GloroNet(pooled, 0.1, input_shape=(1, 8, 8)), torch.rand(2, 1, 8, 8), 0.1)
 
 

@@ -118,7 +118,8 @@ class Unregistered(nn.Module):
         ("block", {}, "needs lower"),
         ("activation", {"bound": bound_for}, "needs carry_error"),
         ("affine", {"bound": bound_for}, "needs affine_map"),
-        ("residual", {}, "unknown layer role 'residual'"),
+        ("residual", {}, "needs branch"),
+        ("skip", {}, "unknown layer role 'skip'"),
     ],
 )
 def test_an_incomplete_rule_is_refused(role, given, message):

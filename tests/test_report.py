@@ -136,3 +136,26 @@ def test_a_ratio_is_printed_with_its_spread_or_as_unsteady(value, low, high, tex
     from gloro.bench.views import spread_cell
 
     assert spread_cell(value, low, high) == text
+
+
+def test_a_net_the_local_certifier_cannot_follow_gets_marked_cells_and_the_reason(tmp_path):
+    """A residual net's bounds.json has no local row, only why it was left out: the cost table marks its
+    local cells and the caption says why, instead of the report failing after all the training."""
+    import json
+    from types import SimpleNamespace
+
+    row = {"num_points": 50, "vra": 0.5, "sec_per_point": 1e-4}
+    reason = "local bounds follow a chain of layers, not a residual layer (Residual(...))"
+    bounds = {"certifiers": [{"certifier": "global", **row}], "unsupported": {"local": reason}}
+    (tmp_path / "bounds.json").write_text(json.dumps(bounds))
+    runs = pd.DataFrame(
+        [{"experiment": "r", "eval_epsilon": 0.3, "forward_points_per_second": 1e5, "certify_points_per_second": 9e4}]
+    )
+    cost = tables.certification_cost(runs, {"r": SimpleNamespace(bounds=tmp_path / "bounds.json")})
+    view = views.cost_view(cost)
+    assert view.loc[0, "VRA % local"] == views.NOT_RUN and view.loc[0, "Only local"] == views.NOT_RUN
+    assert view.loc[0, "VRA % global"] == "50.0" and view.loc[0, "Points"] == 50
+    machine = runs.assign(device_name="a CPU", torch_version="2.13.0")
+    caption = views.cost_caption(machine, "2026-12-07", cost)
+    assert reason in caption and views.NOT_RUN in caption
+    assert views.NOT_RUN not in views.cost_caption(machine, "2026-12-07", cost.assign(local_unsupported=None))

@@ -66,7 +66,7 @@ def write_report(
     write_text(outputs.comparison_md, comparison_md)
     cost = certification_cost(runs, reports)
     write_csv(cost, outputs.cost)
-    write_text(outputs.cost_md, markdown_table(cost_view(cost)) + "\n" + cost_caption(runs, today) + "\n")
+    write_text(outputs.cost_md, markdown_table(cost_view(cost)) + "\n" + cost_caption(runs, today, cost) + "\n")
     globally_certified = set(runs.loc[runs["certifier"] == "global", "experiment"])
     shown = radius_table[radius_table["experiment"].isin(globally_certified)]
     plot_vra_by_radius(shown, outputs.figure_stem("vra"), table[["experiment", "epsilon", "vra_reported"]])

@@ -26,7 +26,7 @@ from gloro.bench.experiment import DataOptions, Experiment
 from gloro.bench.machine import provenance
 from gloro.bench.run_files import AttackFiles, BoundsFiles, CertifyFiles, StepCostFiles, TrainFiles, stage_files
 from gloro.certify import Certificate, create_certifier
-from gloro.certify.compare import compare_certifiers
+from gloro.certify.compare import compare_supported
 from gloro.checkpoint import load, save
 from gloro.data import Split
 from gloro.evaluation import certification_report, certify_all
@@ -407,8 +407,11 @@ def bounds_experiment(
     tightness.pop("pairs", None)
     middle = time.perf_counter()
     names = list(dict.fromkeys(["global", "local", *certifiers, *experiment.certifiers]))
-    rows = compare_certifiers(net, images, labels, net.eval_epsilon, names)
+    rows, unsupported = compare_supported(net, images, labels, net.eval_epsilon, names)
+    for name, reason in unsupported.items():
+        print(f"{experiment.name}: the {name} certifier is left out: {reason}", file=sys.stderr)
     seconds = {"tightness": middle - start, "certifiers": time.perf_counter() - middle}
-    result = {"certifiers": rows, "tightness": tightness, **epsilon_record, "seconds": seconds}
+    result = {"certifiers": rows, "unsupported": unsupported, "tightness": tightness, **epsilon_record}
+    result["seconds"] = seconds
     write_json(files.report, result)
     return result

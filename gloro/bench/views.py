@@ -37,16 +37,27 @@ def cost_view(table: pd.DataFrame) -> pd.DataFrame:
             "ε": [radius_label(e) for e in table["eval_epsilon"]],
             "Points": table["points"],
             "VRA % global": [f"{100 * v:.1f}" for v in table["vra_global"]],
-            "VRA % local": [f"{100 * v:.1f}" for v in table["vra_local"]],
-            "Only local": table["certified_local_only"],
+            "VRA % local": [NOT_RUN if missing(v) else f"{100 * v:.1f}" for v in table["vra_local"]],
+            "Only local": [NOT_RUN if missing(v) else int(v) for v in table["certified_local_only"]],
             "Global ms/point†": [significant(1000 * v) for v in table["sec_per_point_global"]],
-            "Local ms/point†": [significant(1000 * v) for v in table["sec_per_point_local"]],
-            "Local ÷ global": spread_cells(table, "local_over_global_time"),
+            "Local ms/point†": [NOT_RUN if missing(v) else significant(1000 * v) for v in table["sec_per_point_local"]],
+            "Local ÷ global": [
+                NOT_RUN if missing(v) else cell
+                for v, cell in zip(table["vra_local"], spread_cells(table, "local_over_global_time"))
+            ],
             "Forward k points/s†": [significant(v / 1000) for v in table["forward_points_per_second"]],
             "Certify k points/s†": [significant(v / 1000) for v in table["certify_points_per_second"]],
             "Certify ÷ forward": spread_cells(table, "certify_over_forward_throughput"),
         }
     )
+
+
+NOT_RUN = "—"
+
+
+def missing(value) -> bool:
+    """None or NaN: a cell with nothing measured."""
+    return value is None or pd.isna(value)
 
 
 def spread_cell(value, low, high) -> str:
@@ -131,15 +142,22 @@ MACHINE_TIMES = (
 )
 
 
-def cost_caption(runs: pd.DataFrame, date: str) -> str:
-    """The line under the certification-cost table: when and where, and what its columns compare."""
+def cost_caption(runs: pd.DataFrame, date: str, table: pd.DataFrame | None = None) -> str:
+    """The line under the certification-cost table: when and where, and what its columns compare (and, where
+    the local certifier could not run on a net of `table`, why)."""
+    unsupported = [] if table is None else [v for v in table.get("local_unsupported", []) if not missing(v)]
+    skipped = (
+        f" {NOT_RUN}: the local certifier follows one chain of layers and was not run on that net ({unsupported[0]})."
+        if unsupported
+        else ""
+    )
     return (
         f"Certification cost, measured {measured_on(runs, date)}: the global and local certificates on the same "
         "test points (local: per-point Lipschitz bounds; only local: points it certifies and the global one does "
         "not), and throughput over the whole test split, certifying (forward pass and certificate) against the "
         "plain forward pass of the same batches, in interleaved rounds; global and local timed side by side on the "
         "same points (certify ÷ forward and local ÷ global: the median of the rounds' ratios, the middle half of "
-        f"them in parentheses, 'unsteady' where those leave ±15%); {MACHINE_TIMES}."
+        f"them in parentheses, 'unsteady' where those leave ±15%); {MACHINE_TIMES}.{skipped}"
     )
 
 

@@ -12,6 +12,7 @@ from gloro.certificate import Certificate
 from gloro.certify.base import Certifier
 from gloro.certify.registry import create_certifier
 from gloro.gloro_net import GloroNet
+from gloro.layers import UnsupportedLayerError
 from gloro.timing import interleaved_rounds, median_ratio, ratio_quartiles
 
 CALL_SECONDS = 1.0  # the slowest certifier's timed call: on as many of the points as fit in this
@@ -30,15 +31,32 @@ def compare_certifiers(
     times the number of points, `timed_points` how many were timed, and `time_over_first` the median over
     rounds of its time over the first certifier's (`time_over_first_q1`, `_q3`: its quartiles over rounds).
     """
+    rows, _ = compare_supported(net, images, labels, epsilon, names)
+    return rows
+
+
+def compare_supported(
+    net: GloroNet, images: torch.Tensor, labels: torch.Tensor, epsilon: float, names: Sequence[str]
+) -> tuple[list[dict], dict[str, str]]:
+    """`compare_certifiers` over those of `names` (after the first, which must) that support every layer of
+    the net, and, for the others, why not (certifier name → the `UnsupportedLayerError` it raised)."""
     if not names:
         raise ValueError("name at least one certifier to compare")
     certifiers = {name: create_certifier(name) for name in dict.fromkeys(names)}
-    certificates = {name: certifier(net, images, epsilon) for name, certifier in certifiers.items()}
+    certificates, unsupported = {}, {}
+    for name, certifier in certifiers.items():
+        try:
+            certificates[name] = certifier(net, images, epsilon)
+        except UnsupportedLayerError as error:
+            if name == names[0]:
+                raise
+            unsupported[name] = str(error)
+    certifiers = {name: certifier for name, certifier in certifiers.items() if name in certificates}
     points, rounds = side_by_side(certifiers, net, images, epsilon, certificates)
     first_name = names[0]
     first = certificates[first_name]
     rows = []
-    for name in names:
+    for name in certifiers:
         certificate = dataclasses.replace(
             certificates[name], seconds=statistics.median(rounds[name]) / points * len(images)
         )
@@ -49,7 +67,7 @@ def compare_certifiers(
         row["time_over_first_q1"], row["time_over_first_q3"] = ratio_quartiles(rounds[name], rounds[first_name])
         row["timed_points"] = points
         rows.append(row)
-    return rows
+    return rows, unsupported
 
 
 def side_by_side(

@@ -20,6 +20,7 @@ from gloro.certify.base import Certifier, certified_with_rounding
 from gloro.certify.registry import register_certifier
 from gloro.conv_norms import conv_padding
 from gloro.gloro_net import GloroNet
+from gloro.layers import UnsupportedLayerError
 from gloro.sound_constants import SoundConstants
 
 KW_LAYERS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Flatten)
@@ -42,7 +43,9 @@ def check_kw_model(net: GloroNet) -> None:
     shape = net.input_shape
     for layer in net.layers:
         if type(layer) not in KW_LAYERS:
-            raise ValueError(f"KW (convex-adversarial) bounds Linear, Conv2d, ReLU and Flatten layers, not {layer!r}")
+            raise UnsupportedLayerError(
+                f"KW (convex-adversarial) bounds Linear, Conv2d, ReLU and Flatten layers, not {layer!r}"
+            )
         if type(layer) is nn.Conv2d:
             for size, kernel, stride, padding in zip(shape[1:], layer.kernel_size, layer.stride, conv_padding(layer)):
                 if (size + 2 * padding - kernel) % stride:

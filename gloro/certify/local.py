@@ -92,6 +92,11 @@ class LocalPlan:
                 self.operators[index] = AffineOperator(layer, shapes[index], global_bounds[index], max_entries)
             elif kind is nn.ReLU:
                 self.relu_units += math.prod(shapes[index])
+            elif role_of(layer) == "residual":
+                raise UnsupportedLayerError(
+                    f"local bounds follow a chain of layers, not a residual layer ({layer!r}); the global "
+                    "certificate covers residual layers"
+                )
             elif kind is not MinMax and role_of(layer) != "reshape":
                 raise UnsupportedLayerError(
                     f"local bounds know the activations ReLU and MinMax, not {kind.__name__} ({layer!r})"

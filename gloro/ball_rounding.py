@@ -1,0 +1,137 @@
+"""The rounding allowance of one point's ball B(x, r), propagated about the activations the net computes at x.
+
+Where the box-wide offsets O_ij decide a certificate, certification asks each disputed point for this
+tighter bound (`SoundConstants.certified_over_ball`); the proof is in docs/certificates.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from gloro.layer_rules import rule_for
+from gloro.outward import TINY32, U32, U64, gamma, row_norms_up, unit_roundoff, up
+from gloro.rounding_steps import AffineStep, ResidualStep, bucketed, float32_up, spread
+
+if TYPE_CHECKING:
+    from gloro.forward_error import RoundingModel
+
+
+@dataclass(frozen=True)
+class _Ball:
+    """What the walk over the balls knows at a layer's input, per row: the ℓ2 bound e on the float net's error
+    there (anywhere on the ball), the sound bound L of the layers so far, which units can be nonzero somewhere
+    on the ball, and whether the float net could overflow."""
+
+    error: torch.Tensor
+    lipschitz: float
+    nonzero: torch.Tensor
+    overflow: torch.Tensor
+
+
+@torch.no_grad()
+def ball_pairs(model: RoundingModel, x: torch.Tensor, radius: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+    """b_i (B, m): a bound on |(ŷ_j − ŷ_i) − (y_j − y_i)| anywhere on B(x, r) ∩ box, j = `predictions`.
+
+    Propagated about the net's own computed activations ĉ at x: on the ball, the computed input ĥ of a layer
+    is within 2·e + L·r of ĉ in ℓ2 (e the bound on its rounding so far, which holds at x too; L the sound
+    bound of the layers before), so |A_v||ĥ| ≤ |A_v||ĉ| + ‖A_v‖·(2e + L·r) by Cauchy–Schwarz, and a unit is
+    exactly zero on the whole ball where its computed pre-activation stays ≤ 0 (ReLU), which drops its
+    product from the γ_n of every sum it enters. Each layer's rounding is computed in float32 (`_rounding32`).
+    """
+    count = len(x)
+    x, radius, predictions = (bucketed(t.detach().cpu()) for t in (x, radius, predictions))
+    radius = radius.double().clamp_min(0.0) * (1 + 2 * U64)
+    rows = len(radius)
+    h = x.to(model.dtype)
+    nonzero = (h != 0) | spread(radius > 0, h)
+    start = _Ball(torch.zeros(rows, dtype=torch.float64), 1.0, nonzero, torch.zeros(rows, dtype=torch.bool))
+    h, state = _walk(model, model.steps, h, start, radius)
+    h = h.flatten(1)
+    reach = (2 * state.error + state.lipschitz * radius) * (1 + 4 * U64)
+    rho, _, fits = _rounding32(model, model.head, h, state.nonzero.flatten(1), reach)
+    overflow = state.overflow | ~fits | ~torch.isfinite(model.head.computed(h)).all(1)
+    top = predictions.detach().cpu()
+    rho = rho.masked_fill(overflow[:, None], math.inf)
+    feature = model.distances[top] * state.error.masked_fill(overflow, math.inf)[:, None]
+    pairs = (rho + rho.gather(1, top[:, None]) + feature) * (1 + 4 * U64)
+    return pairs[:count].nan_to_num(nan=math.inf)
+
+
+def _walk(model: RoundingModel, steps: list, h: torch.Tensor, state: _Ball, radius: torch.Tensor):
+    """The computed activation h and `state` at the input of `steps`, carried to their output."""
+    rows = len(h)
+    for step in steps:
+        reach = (2 * state.error + state.lipschitz * radius) * (1 + 4 * U64)
+        if isinstance(step, ResidualStep):
+            h, state = _residual(model, step, h, state, radius)
+        elif isinstance(step, nn.ReLU):  # ẑ(x′) ≤ ĉ + 2e + L·r per unit: ≤ 0 on the whole ball gives ±0
+            state = _with(state, nonzero=h > -spread(float32_up(reach), h))
+            h = step(h)
+        elif not isinstance(step, AffineStep):  # an output can be nonzero where an input it reads can
+            state = _with(state, nonzero=rule_for(step).carry_error(step, state.nonzero.to(torch.uint8), h).bool())
+            h = step(h)
+        else:
+            _, norm, fits = _rounding32(model, step, h, state.nonzero, reach)
+            h = step.computed(h)
+            state = _Ball(
+                (step.norm * state.error + norm) * (1 + 4 * U64),
+                up(up(state.lipschitz * step.norm) * (1 + 2 * U64)),
+                torch.ones(1, dtype=torch.bool).expand(rows, *h.shape[1:]),
+                state.overflow | ~fits,
+            )
+    return h, state
+
+
+def _residual(model: RoundingModel, step: ResidualStep, h: torch.Tensor, state: _Ball, radius: torch.Tensor):
+    """x + f(x) on the ball: at x′ the two computed addends are within 2e + L·r of theirs at x (e, L of each
+    path), so their sum is within ‖ĉ₀ + ĉ₁‖ + 2e₀ + 2e₁ + (L₀ + L_f)·r of 0, and rounding it adds u times that
+    (three smallest normals more where subnormals are flushed) to the paths' errors e₀ + e₁."""
+    u, tiny = unit_roundoff(model.dtype), torch.finfo(model.dtype).tiny
+    branch, out = _walk(model, step.branch, h, state, radius)
+    total = h + branch
+    flushed = 3 * tiny * math.sqrt(total[0].numel())
+    exact_sum = row_norms_up(total.double()) * (1 + 2 * u) + flushed  # ‖ĉ₀ + ĉ₁‖ before its rounding
+    paths = state.lipschitz + out.lipschitz
+    largest = (exact_sum + 2 * (state.error + out.error) + paths * radius) * (1 + 4 * U64)
+    error = (state.error + out.error + u * largest + flushed) * (1 + 4 * U64)
+    through = up(up(state.lipschitz * step.norm) * (1 + 2 * U64))
+    lipschitz = min(through, up(up(paths) * (1 + 2 * U64)))
+    fits = largest * 2 < torch.finfo(model.dtype).max  # NaN or inf: False
+    overflow = state.overflow | out.overflow | ~fits
+    return total, _Ball(error, lipschitz, state.nonzero | out.nonzero, overflow)
+
+
+def _with(state: _Ball, nonzero: torch.Tensor) -> _Ball:
+    return _Ball(state.error, state.lipschitz, nonzero, state.overflow)
+
+
+def _rounding32(model: RoundingModel, step: AffineStep, centre: torch.Tensor, nonzero: torch.Tensor, reach):
+    """For each output v: an upper bound on γ_{n_v}·(|A_v||ĥ| + |b_v|) + underflow (float64, (B, outputs)),
+    the ℓ2 norm of those bounds per row (B,), and whether the row's computation is clear of overflow.
+
+    |A_v||ĉ| + |b_v| runs in float32 and so do the products and sums after it; every operand is ≥ 0, so
+    the computed result is at least the exact one times (1 − u₃₂)^k less one smallest normal per operation,
+    k below fan-in + outputs + 16; one factor 1 + 2γ_k and an additive term put it back above.
+    """
+    u, n = unit_roundoff(model.dtype), step.fan_in
+    scale = step.magnitude32(centre.abs()) + step.reach32(float32_up(reach))
+    outputs = scale[0].numel()
+    # γ_{n_v} ≤ n_v·u/(1 − n·u) with n_v ≤ n the products that can be nonzero: n_v in float32 (exact),
+    # the constant applied in float64 below; without a count, n_v = n
+    terms = None if bool(nonzero.all()) else step.terms(nonzero)
+    rounding = scale if terms is None else terms * scale
+    factor = (n if terms is None else 1) * u / (1 - n * u) if n * u < 0.5 else math.inf
+    k = n + outputs + 16
+    inflate = (1 + 2 * gamma(k, U32)) * (1 + 8 * U64) * factor
+    fits = scale.flatten(1).amax(1).double() * (2 * (1 + 2 * gamma(k, U32))) < torch.finfo(model.dtype).max
+    flush = (2 * k + 2) * (TINY32 + torch.finfo(model.dtype).tiny) * (1 + min(float(scale.max()), 3e38))
+    per_output = rounding.double() * inflate + flush if step is model.head else None
+    squares = math.sqrt(outputs * TINY32)  # squares flushed to zero in the norm's own sum
+    norm = torch.linalg.vector_norm(rounding.flatten(1), dim=1).double() * inflate
+    norm = norm + flush * math.sqrt(outputs) + squares
+    return per_output, norm * (1 + 4 * U64), fits

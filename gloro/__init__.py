@@ -4,6 +4,7 @@ The public API is one name per job; everything else is reachable from its submod
 `gloro.tightness`, `gloro.schedules`, `gloro.losses`, ...).
 """
 
+from gloro import families as _families  # noqa: F401  (registers the families' layers and architectures)
 from gloro.architectures import create_model, list_architectures, register_architecture
 from gloro.attack import autoattack_accuracy, pgd_accuracy
 from gloro.audit import SoundnessError, audit_soundness

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gloro.layers import MinMax
 
@@ -153,13 +154,15 @@ def initialise(model: nn.Module, init: str, generator: torch.Generator) -> None:
     for layer in model.modules():
         if not isinstance(layer, nn.Conv2d | nn.Linear):
             continue
+        # a parametrized weight (a normalised head) is drawn through the parameter it is computed from
+        weight = layer.parametrizations.weight.original if parametrize.is_parametrized(layer) else layer.weight
         if init == "glorot_uniform":
-            nn.init.xavier_uniform_(layer.weight, generator=generator)
+            nn.init.xavier_uniform_(weight, generator=generator)
         elif init == "orthogonal":
-            nn.init.orthogonal_(layer.weight, generator=generator)
+            nn.init.orthogonal_(weight, generator=generator)
         else:
-            nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
-            bound = 1 / layer.weight[0].numel() ** 0.5
+            nn.init.kaiming_uniform_(weight, a=5**0.5, generator=generator)
+            bound = 1 / weight[0].numel() ** 0.5
             layer.bias.uniform_(-bound, bound, generator=generator)
             continue
         layer.bias.zero_()

@@ -12,7 +12,15 @@ from torch import nn
 from gloro.certificate import Certificate
 from gloro.forward_error import RoundingModel, box_error
 from gloro.inference import forward_in_place
-from gloro.layer_rules import ResidualNorms, bound_for, layer_input_shapes, primitives, role_of, rounding_norms
+from gloro.layer_rules import (
+    ResidualNorms,
+    bound_for,
+    layer_input_shapes,
+    layer_type,
+    primitives,
+    role_of,
+    rounding_norms,
+)
 from gloro.lipschitz import ConstantBound
 from gloro.margin import head_distances, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
@@ -71,7 +79,7 @@ class GloroNet(nn.Module):
     ) -> None:
         super().__init__()
         layers = flatten_sequential(model)
-        if not layers or type(layers[-1]) is not nn.Linear:
+        if not layers or layer_type(layers[-1]) is not nn.Linear:
             last = type(layers[-1]).__name__ if layers else "nothing"
             raise TypeError(f"GloroNet needs a model whose last layer is nn.Linear (the logit layer), got {last}")
         if layers[-1].out_features < 1:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gloro.affine_maps import AffineMap, AvgPool2dMap, Conv2dMap, LinearMap
 from gloro.conv_norms import avg_pool2d_norm
@@ -91,9 +92,18 @@ def layer_rules() -> list[LayerRule]:
     return sorted(_RULES.values(), key=lambda rule: (rule.role in ("block", "residual"), rule.layer_type.__name__))
 
 
+def layer_type(layer: nn.Module) -> type[nn.Module]:
+    """The type whose rule describes `layer`: its own, or for a layer with a parametrized weight
+    (`torch.nn.utils.parametrize`, e.g. a row-normalised head) the class it was made from, whose operation it
+    computes with the weight its parametrization gives (every bound reads that weight)."""
+    if parametrize.is_parametrized(layer):
+        return type(layer).__bases__[0]
+    return type(layer)
+
+
 def rule_for(layer: nn.Module) -> LayerRule:
     """The rule of `layer`'s exact type; a layer without one raises, naming what to register."""
-    rule = _RULES.get(type(layer))
+    rule = _RULES.get(layer_type(layer))
     if rule is None:
         known = ", ".join(rule.layer_type.__name__ for rule in layer_rules())
         raise UnsupportedLayerError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 class MinMax(nn.Module):
@@ -33,6 +34,22 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.branch(x)
+
+
+class RowNormalized(nn.Module):
+    """A parametrization that divides each row of a weight by its ℓ2 norm: on a logit layer, the LLN head of
+    SLL and LiResNet (logits in units of distance, so an offset in the loss is a radius)."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def normalized_linear(features: int, classes: int) -> nn.Linear:
+    """A logit layer whose rows are normalised (`RowNormalized`), with a bias. Certified as any nn.Linear,
+    from the weight it computes: the pairwise ‖ŵ_i − ŵ_j‖ of the normalised rows."""
+    layer = nn.Linear(features, classes)
+    parametrize.register_parametrization(layer, "weight", RowNormalized())
+    return layer
 
 
 class UnsupportedLayerError(TypeError):

@@ -8,6 +8,7 @@ from torch import nn
 
 import gloro
 from gloro.architectures import ArchitectureSpec
+from gloro.layer_rules import layer_type
 from gloro.layers import MinMax
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 64, 64)]
@@ -74,18 +75,24 @@ def kernel_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
+PAPER = {"2C2F", "4C3F", "6C2F", "8C2F", "7C1F"}
+
+
 def test_registry_holds_the_papers_names():
-    assert set(gloro.list_architectures()) == {"2C2F", "4C3F", "6C2F", "8C2F", "7C1F"}
+    assert set(gloro.list_architectures()) >= PAPER
 
 
-def test_every_registry_name_has_an_expected_layout():
-    assert {name for name, _, _ in EXPECTED} == set(gloro.list_architectures())
+def test_every_paper_name_has_an_expected_layout():
+    assert {name for name, _, _ in EXPECTED} == PAPER
 
 
 @pytest.mark.parametrize("name", gloro.list_architectures())
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_output_shape_and_layer_order(name, activation, shape):
+    """Every registered architecture: its spec recorded, logits of the right shape from a logit layer that is
+    an nn.Linear (a parametrized one included); the paper's: each conv and dense layer followed by the
+    activation, one Flatten."""
     num_classes = 7
     model = gloro.create_model(name, shape, num_classes, activation=activation)
     assert isinstance(model, nn.Sequential)
@@ -93,9 +100,11 @@ def test_output_shape_and_layer_order(name, activation, shape):
     # Shapes propagate through every layer on the meta device (no arithmetic: the grid stays fast).
     out = model.to("meta")(torch.empty(2, *shape, device="meta"))
     assert out.shape == (2, num_classes)
-    # Every conv and dense layer but the last is followed by the activation; the logit layer comes last.
     layers = list(model)
-    assert type(layers[-1]) is nn.Linear and layers[-1].out_features == num_classes
+    assert layer_type(layers[-1]) is nn.Linear and layers[-1].out_features == num_classes
+    if name not in PAPER:
+        return
+    # Every conv and dense layer but the last is followed by the activation; the logit layer comes last.
     for index, layer in enumerate(layers[:-1]):
         if isinstance(layer, nn.Conv2d | nn.Linear):
             assert type(layers[index + 1]) is ACTIVATIONS[activation]

@@ -61,6 +61,8 @@ def write_config(path: Path, results: Path, baselines: bool = False, **experimen
         # a method, a layer and an architecture of the test's own plugins
         config["experiments"]["tiny_tempered"] = {**settings, **tempered}
         config["plugins"] = ["tests/plugins/tempered.py", "tests/plugins/conv_block.py"]
+        # a net of residual layers (SLL's), which the local and BCP certifiers cannot follow
+        config["experiments"]["tiny_sll"] = {**settings, "method": "sll", "architecture": "SLL-D4"}
         planned = {"method": "bcp", "architecture": "4C3F", "not_run": "too large for this test"}
         config["experiments"]["tiny_bcp_4c3f"] = {**settings, **planned}
     path.write_text(yaml.safe_dump(config))
@@ -142,14 +144,19 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
         assert (tmp_path / "cache" / f"digits-{split}.pt").is_file()
     assert (results / "logs" / "prepare_data" / "digits.log").is_file()
     runs = pd.read_csv(results / "tables" / "runs.csv")
-    assert sorted(runs["experiment"]) == ["tiny_bcp", "tiny_gloro", "tiny_kw", "tiny_tempered", "tiny_trades"]
+    experiments = ["tiny_bcp", "tiny_gloro", "tiny_kw", "tiny_sll", "tiny_tempered", "tiny_trades"]
+    assert sorted(runs["experiment"]) == experiments
     assert dict(zip(runs["experiment"], runs["certifier"])) == {
         "tiny_bcp": "bcp",
         "tiny_gloro": "global",
         "tiny_kw": "kw",
+        "tiny_sll": "global",
         "tiny_tempered": "global",
         "tiny_trades": "global",
     }
+    bounds = json.loads((results / "runs" / "tiny_sll" / "bounds.json").read_text())
+    assert [row["certifier"] for row in bounds["certifiers"]] == ["global"]
+    assert sorted(bounds["unsupported"]) == ["bcp", "local"] and "SLLDense" in bounds["unsupported"]["local"]
     tempered = json.loads((results / "runs" / "tiny_tempered" / "train.json").read_text())["method"]
     assert tempered["label"] == "Tempered"  # the plugin's method, trained with its own options, recorded
     assert tempered["recipe"]["options"] == {"temperature": {"kind": "linear", "start": 2, "end": 1, "epochs": 3}}
@@ -178,6 +185,7 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
     assert table[["architecture", "method"]].values.tolist() == [
         ["2B2F", "Tempered"],
         *(["2C2F", method] for method in ("GloRo", "GloRo-T", "KW", "BCP")),
+        ["SLL-D4", "SLL"],
     ]
     assert table["vra"].notna().all()
     baselines = table.set_index("method").loc[["KW", "BCP", "GloRo-T"]]
@@ -201,7 +209,11 @@ def test_the_pipeline_runs_end_to_end_and_a_second_run_does_nothing(tmp_path):
         assert caption in text and "| Experiment |" in text
         assert not re.search(r"\d\.\d{5,}|e-0\d", text.split(caption)[0])  # rounded cells, no exponents
     cost = pd.read_csv(results / "tables" / "certification_cost.csv")
-    assert (cost["vra_local"] >= cost["vra_global"]).all()  # the local bound is never looser
+    local = cost.set_index("experiment")["vra_local"]
+    assert local.drop("tiny_sll").notna().all() and pd.isna(local["tiny_sll"])  # local cannot follow SLL's layers
+    ran = cost[cost["vra_local"].notna()]
+    assert (ran["vra_local"] >= ran["vra_global"]).all()  # the local bound is never looser
+    assert "local certifier follows one chain of layers" in (results / "tables" / "certification_cost.md").read_text()
     assert (cost["certify_over_forward_throughput"] > 0).all()
     for stem in ("vra_by_radius", "training_curves", "epoch_cost", "tightness"):
         for suffix in (".pdf", ".png"):

@@ -1,0 +1,114 @@
+"""SLL, the SDP-based Lipschitz layer (Araujo, Havens, Delattre, Allauzen & Hu, ICLR 2023): dense layers
+h(x) = x − 2Wᵀ T σ(Wx + b), σ = ReLU, T = diag(t), t_i = 1 / Σ_j |WWᵀ|_ij·q_j/q_i, which are 1-Lipschitz in
+exact arithmetic for any W and q > 0.
+
+The certificate does not take that claim: `SLLBound` proves a bound from the weights the layer computes with
+(its t̂ and −2Wᵀ T̂ as rounded in its own precision), and the rounding model follows the layer as a residual
+one (`gloro.layer_rules`: its branch is Wx + b, ReLU, then the computed −2Wᵀ T̂).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gloro.architectures import ArchitectureSpec, register_architecture
+from gloro.layer_rules import register_layer_rule
+from gloro.layers import normalized_linear
+from gloro.lipschitz import LayerBound
+from gloro.outward import U64, norm_up, spectral_norm_upper, up
+
+CLAIMED_LIPSCHITZ = 1.0  # what the construction promises, in exact arithmetic
+
+
+class SLLDense(nn.Module):
+    """One SLL dense layer on `features` units with an inner width (the rows of W) of `inner`."""
+
+    def __init__(self, features: int, inner: int | None = None) -> None:
+        super().__init__()
+        inner = features if inner is None else int(inner)
+        self.down = nn.Linear(features, inner)  # W (inner × features) and b
+        nn.init.xavier_normal_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        self.log_q = nn.Parameter(torch.zeros(inner))  # q = exp(q̃) > 0
+
+    def scale(self) -> torch.Tensor:
+        """t: t_i = 1 / Σ_j |WWᵀ|_ij·q_j/q_i (0 where that sum is 0, a unit the layer does not use)."""
+        weight, q = self.down.weight, self.log_q.exp()
+        total = ((weight @ weight.T).abs() * q[None, :]).sum(1) / q
+        used = total > 0
+        return used / torch.where(used, total, torch.ones_like(total))
+
+    def up_weight(self) -> torch.Tensor:
+        """−2Wᵀ T (features × inner), as the layer computes it."""
+        return -2 * self.down.weight.T * self.scale()[None, :]
+
+    def up(self) -> nn.Linear:
+        """The branch's last layer: a bias-free nn.Linear holding `up_weight` (built without drawing weights)."""
+        weight = self.up_weight()
+        layer = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=False, device="meta")
+        del layer.weight
+        layer.weight = weight
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.linear(F.relu(self.down(x)), self.up_weight())
+
+
+def sll_bound(weight: torch.Tensor, scale: torch.Tensor, up_weight: torch.Tensor) -> float:
+    """An upper bound on the Lipschitz constant of x ↦ x + V σ(Wx + b), V = `up_weight` as computed, close to
+    −2Wᵀ T for T = diag(`scale`) ≥ 0: any segment's Jacobian is I + V D W with D diagonal in [0, 1], and
+
+        ‖I − 2WᵀT D W‖ ≤ max(1, 2‖T^{1/2}W‖² − 1)    (WᵀTDW is symmetric with eigenvalues in [0, ‖T^{1/2}W‖²]),
+        ‖(V + 2WᵀT) D W‖ ≤ ‖V + 2WᵀT‖_F·‖W‖,
+
+    so the layer is at most their sum: 1 plus rounding where T still does its job, more where it does not.
+    """
+    w, t, v = (tensor.detach().double().cpu() for tensor in (weight, scale, up_weight))
+    if not bool(torch.isfinite(t).all() and (t >= 0).all()):
+        return float("inf")
+    g = t.sqrt()[:, None] * w  # T^{1/2}W: each entry within two roundings of its exact value
+    s = spectral_norm_upper(g, up(4 * U64 * norm_up(g)))
+    symmetric = max(1.0, up(up(2 * up(s * s)) - 1))
+    # −2·W_ji·t_j of float32 (or float64 with room) numbers is exact in float64; their difference rounds once
+    mismatch = v - (-2 * w.T * t[None, :])
+    rounding = up(norm_up(mismatch) * (1 + 2 * U64))
+    return up(symmetric + up(rounding * spectral_norm_upper(w)))
+
+
+class SLLBound(LayerBound):
+    """SLL's bound: the construction's 1 as the training estimate, `sll_bound` of the weights as the sound one."""
+
+    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
+        return torch.tensor(CLAIMED_LIPSCHITZ, device=layer.down.weight.device)
+
+    def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            value = sll_bound(layer.down.weight, layer.scale(), layer.up_weight())
+        return torch.tensor(value, dtype=torch.float64, device=layer.down.weight.device)
+
+
+register_layer_rule(
+    SLLDense,
+    "residual",
+    branch=lambda layer: (layer.down, nn.ReLU(), layer.up()),
+    bound=lambda layer, shape, generator: SLLBound(),
+)
+
+
+def sll_dense_layers(features: int, depth: int, inner: int, classes: int) -> list[nn.Module]:
+    """Flatten, `depth` SLL dense layers, and the row-normalised logit layer (SLL's LLN head)."""
+    return [nn.Flatten(), *(SLLDense(features, inner) for _ in range(depth)), normalized_linear(features, classes)]
+
+
+@register_architecture("SLL-D4")
+def sll_dense_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
+    """A small all-dense SLL net for CPU runs: four SLL layers on the flattened input (inner width twice the
+    input's, at most 1024) and the LLN head. SLL's own nets add SLL convs before the dense layers."""
+    features = 1
+    for size in spec.input_shape:
+        features *= size
+    return sll_dense_layers(features, 4, min(2 * features, 1024), spec.num_classes)

@@ -1,0 +1,127 @@
+"""SLL layers: the sound bound proven from the weights is never below the layer's real Lipschitz constant, also
+when the construction's T is wrong; the rounding model covers the layer; the row-normalised head is certified
+with the weights it computes; SLL's loss and method train nets whose certificates survive the attack."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_floating_point import box_points
+from test_residual import sampled_errors
+
+import gloro
+from gloro.families.sll import SLLDense, sll_bound
+from gloro.layer_rules import bound_for
+from gloro.layers import normalized_linear
+from gloro.methods.sll import offset_cross_entropy
+
+
+def computed_norm_slack(size: int) -> float:
+    """How far above the exact ‖J‖₂ a float64 SVD of a size×size J may land (backward stable: a few n·u)."""
+    return 1 + 16 * size * 2.0**-53
+
+
+def largest_jacobian_norm(layer: SLLDense, features: int, points: int, seed: int) -> float:
+    """The largest ‖J(x)‖₂ of the layer at random points (float64), each computed one less its SVD's slack."""
+    generator = torch.Generator().manual_seed(seed)
+    largest = 0.0
+    for _ in range(points):
+        x = torch.randn(features, generator=generator, dtype=torch.float64) * 3
+        jacobian = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0], x)
+        largest = max(largest, float(torch.linalg.matrix_norm(jacobian, 2)) / computed_norm_slack(features))
+    return largest
+
+
+@pytest.mark.parametrize(("features", "inner"), [(6, 6), (8, 3), (5, 12)])
+def test_the_sound_bound_is_never_below_the_layers_jacobian(features, inner):
+    torch.manual_seed(features * inner)
+    layer = SLLDense(features, inner).double()
+    with torch.no_grad():
+        layer.log_q.normal_()
+        layer.down.bias.normal_()
+    sound = float(bound_for(layer, (features,)).sound(layer))
+    assert largest_jacobian_norm(layer, features, 20, seed=inner) <= sound
+    assert sound >= 1.0
+
+
+def test_a_construction_whose_t_is_too_large_gets_its_true_bound_not_one(monkeypatch):
+    """Scaling T up breaks SLL's condition: the layer is no longer 1-Lipschitz, and the bound must say so."""
+    torch.manual_seed(0)
+    layer = SLLDense(6, 6).double()
+    with torch.no_grad():
+        layer.down.bias.fill_(1.0)  # every ReLU active near 0: J = I − 2WᵀTW there
+    honest = SLLDense.scale
+    monkeypatch.setattr(SLLDense, "scale", lambda self: 3 * honest(self))
+    observed = largest_jacobian_norm(layer, 6, 30, seed=1)
+    zero = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0], torch.zeros(6, dtype=torch.float64))
+    observed = max(observed, float(torch.linalg.matrix_norm(zero, 2)) / computed_norm_slack(6))
+    sound = sll_bound(layer.down.weight, layer.scale(), layer.up_weight())
+    assert observed > 1.5  # the broken construction really expands
+    assert observed <= sound
+
+
+def test_the_bound_covers_any_computed_weight_not_only_the_constructions():
+    """The bound is proven for V as the layer computes it: for V = −2WᵀT exactly it is the construction's 1, and
+    for a V moved away from that it stays above ‖I + V D W‖ with every ReLU active (D = I) or some off."""
+    torch.manual_seed(1)
+    layer = SLLDense(8, 8)
+    weight, scale = layer.down.weight.detach().double(), layer.scale().detach().double()
+    exact_v = -2 * weight.T * scale[None, :]
+    assert sll_bound(weight, scale, exact_v) < 1 + 1e-9  # the construction's 1, up to the bound's own rounding
+    for bump in (1e-3, 0.5):
+        moved = exact_v.clone()
+        moved[0, :] += bump
+        sound = sll_bound(weight, scale, moved)
+        for active in (torch.ones(8), (torch.arange(8) % 2).double()):
+            jacobian = torch.eye(8, dtype=torch.float64) + moved @ torch.diag(active.double()) @ weight
+            assert float(torch.linalg.matrix_norm(jacobian, 2)) / computed_norm_slack(8) <= sound
+
+
+def test_a_row_normalised_head_is_certified_with_the_rows_it_computes():
+    model = torch.nn.Sequential(torch.nn.Flatten(), SLLDense(16, 16), normalized_linear(16, 4))
+    net = gloro.GloroNet(model, 0.1, input_shape=(1, 4, 4))
+    with torch.no_grad():
+        net.head.parametrizations.weight.original.mul_(7.0)
+    rows = net.head.weight
+    assert torch.allclose(rows.norm(dim=1), torch.ones(4, dtype=rows.dtype))
+    k = net.lipschitz_constant()
+    expected = net.sound_constants().sub_lipschitz * torch.cdist(rows.double(), rows.double())
+    assert (k >= expected * (1 - 1e-12)).all() and (k <= 2 * float(net.sound_constants().sub_lipschitz) * 1.0001).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_box_offsets_cover_an_sll_nets_rounding(dtype):
+    torch.manual_seed(3)
+    model = gloro.create_model("SLL-D4", (1, 4, 4), 10, seed=3)
+    net = gloro.GloroNet(model, 0.3).to(dtype)
+    constants = net.sound_constants()
+    x = box_points(200, 100, torch.Generator().manual_seed(4))[:, :, :4, :4]
+    logits, body = sampled_errors(net, x, dtype)
+    pairwise = (logits[:, :, None] - logits[:, None, :]).abs()
+    assert torch.isfinite(constants.offsets).all()
+    assert (pairwise <= constants.offsets[None] / 2).all()
+    assert (body.flatten(1).norm(dim=1) <= constants.forward_error.feature_error).all()
+
+
+def test_the_offset_cross_entropy_asks_the_label_to_lead_by_the_offset():
+    logits, labels = torch.randn(32, 10), torch.randint(0, 10, (32,))
+    assert torch.allclose(offset_cross_entropy(logits, labels, 0.0, 1.0), F.cross_entropy(logits, labels))
+    shifted = logits.clone()
+    shifted[torch.arange(32), labels] -= 0.7
+    expected = 0.25 * F.cross_entropy(shifted / 0.25, labels)
+    assert torch.allclose(offset_cross_entropy(logits, labels, 0.7, 0.25), expected)
+    assert offset_cross_entropy(logits, labels, 1.0, 0.25) > offset_cross_entropy(logits, labels, 0.0, 0.25)
+
+
+def test_an_sll_net_trained_on_digits_is_certified_soundly():
+    """SLL's method on SLL-D4 for a few epochs: it certifies points, and PGD changes none of them."""
+    from gloro.audit import audit_soundness
+    from gloro.data import load_dataset
+    from gloro.methods import get_method
+
+    train, test = (load_dataset("digits", split, progress=False) for split in ("train", "test"))
+    net = gloro.GloroNet(gloro.create_model("SLL-D4", (1, 8, 8), 10, seed=0), 0.3, seed=0)
+    recipe = gloro.TrainingRecipe(epochs=6, batch_size=64, seed=0, loss=get_method("sll").losses[0])
+    gloro.train(net, train.images.float() / 16.0, train.labels, recipe, progress=False)
+    net.freeze()
+    report = audit_soundness(net, test.images.float()[:200] / 16.0, 0.3, progress=False, steps=20)
+    assert report["certified"] > 20 and report["violations"] == 0

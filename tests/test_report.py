@@ -159,3 +159,11 @@ def test_a_net_the_local_certifier_cannot_follow_gets_marked_cells_and_the_reaso
     caption = views.cost_caption(machine, "2026-12-07", cost)
     assert reason in caption and views.NOT_RUN in caption
     assert views.NOT_RUN not in views.cost_caption(machine, "2026-12-07", cost.assign(local_unsupported=None))
+
+
+@pytest.mark.parametrize(
+    ("ratio", "text"),
+    [(1.0, "none below"), (1.2, "none below"), (1 - 1.7e-6, "1.7 ppm below ⚑"), (0.97, "3.0% below ⚑"), (None, "")],
+)
+def test_a_claimed_lipschitz_constant_below_the_sound_one_is_flagged_with_how_far(ratio, text):
+    assert views.claimed_cell(ratio) == text

@@ -117,6 +117,8 @@ def table1_view(table: pd.DataFrame) -> pd.DataFrame:
             "Peak MB": ["" if pd.isna(v) else f"{v:.0f}" for v in table["peak_mem_mb"]],
             "Cert. ms/point†": [significant(v) for v in table["cert_ms_per_point"]],
             "Rounding pts": ["" if pd.isna(v) else f"{v:.2f}" for v in table["rounding_cost"]],
+            "Claimed K": [claimed_cell(v) for v in table["claimed_over_sound"]],
+            "VRA % claimed": ["" if pd.isna(v) else f"{v:.1f}" for v in table["vra_claimed"]],
             "GloRo time ÷ this": [
                 spread_cell(*values) for values in zip(*(table[f"gloro_time_ratio{e}"] for e in ("", "_low", "_high")))
             ],
@@ -146,11 +148,8 @@ def cost_caption(runs: pd.DataFrame, date: str, table: pd.DataFrame | None = Non
     """The line under the certification-cost table: when and where, and what its columns compare (and, where
     the local certifier could not run on a net of `table`, why)."""
     unsupported = [] if table is None else [v for v in table.get("local_unsupported", []) if not missing(v)]
-    skipped = (
-        f" {NOT_RUN}: the local certifier follows one chain of layers and was not run on that net ({unsupported[0]})."
-        if unsupported
-        else ""
-    )
+    reason = " ".join(str(unsupported[0]).split()) if unsupported else ""  # on one line: a caption is one
+    skipped = f" {NOT_RUN}: the local certifier was not run on that net ({reason})." if unsupported else ""
     return (
         f"Certification cost, measured {measured_on(runs, date)}: the global and local certificates on the same "
         "test points (local: per-point Lipschitz bounds; only local: points it certifies and the global one does "
@@ -201,8 +200,29 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
         "rounding pts: how far the global certificate's VRA on that row's net lies below its VRA ignoring "
         "floating-point rounding, the price of certificates that hold for the net as it computes"
     )
+    claimed = (
+        "claimed K: how far the Lipschitz constant the net's training uses (its layers' power-iteration estimates, "
+        f"or a construction's 1 per layer) lies below the sound bound of the trained weights ({CLAIM_FLAG}: below, "
+        "so a VRA computed with it is not a certificate); VRA % claimed: the VRA that constant gives with no "
+        "rounding allowance, as the method's own evaluation would print it"
+    )
     where = f"Table 1, measured {measured_on(runs, date)}"
-    return f"{where}; {sources}; {seconds}; {memory}; {ratios}; {rounding}; {MACHINE_TIMES}."
+    return f"{where}; {sources}; {seconds}; {memory}; {ratios}; {rounding}; {claimed}; {MACHINE_TIMES}."
+
+
+CLAIM_FLAG = "⚑"
+
+
+def claimed_cell(ratio) -> str:
+    """How far the Lipschitz constant a net's training claims lies below the sound one ('12 ppm below ⚑',
+    '3.1% below ⚑'), or 'none below' where it does not."""
+    if ratio is None or pd.isna(ratio):
+        return ""
+    short = 1 - float(ratio)
+    if short <= 0:
+        return "none below"
+    amount = f"{significant(100 * short)}%" if short >= 1e-3 else f"{significant(1e6 * short)} ppm"
+    return f"{amount} below {CLAIM_FLAG}"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

@@ -94,7 +94,7 @@ class LocalPlan:
                 self.relu_units += math.prod(shapes[index])
             elif role_of(layer) == "residual":
                 raise UnsupportedLayerError(
-                    f"local bounds follow a chain of layers, not a residual layer ({layer!r}); the global "
+                    f"local bounds follow a chain of layers, not a residual layer ({type(layer).__name__}); the global "
                     "certificate covers residual layers"
                 )
             elif kind is not MinMax and role_of(layer) != "reshape":

@@ -90,15 +90,24 @@ def _walk(model: RoundingModel, steps: list, h: torch.Tensor, state: _Ball, radi
 def _residual(model: RoundingModel, step: ResidualStep, h: torch.Tensor, state: _Ball, radius: torch.Tensor):
     """x + f(x) on the ball: at x′ the two computed addends are within 2e + L·r of theirs at x (e, L of each
     path), so their sum is within ‖ĉ₀ + ĉ₁‖ + 2e₀ + 2e₁ + (L₀ + L_f)·r of 0, and rounding it adds u times that
-    (three smallest normals more where subnormals are flushed) to the paths' errors e₀ + e₁."""
+    (three smallest normals more where subnormals are flushed) to the paths' errors: e₀ + e₁, or L_g·e₀ + e′
+    with e′ the branch's rounding at the computed input, whichever is smaller."""
     u, tiny = unit_roundoff(model.dtype), torch.finfo(model.dtype).tiny
     branch, out = _walk(model, step.branch, h, state, radius)
+    carried = state.error + out.error
+    if state.lipschitz > 0:  # or L_g·e₀ + e′, e′ the branch's rounding at ĥ (see `RoundingModel._residual`)
+        start = _Ball(torch.zeros_like(state.error), state.lipschitz, state.nonzero, state.overflow)
+        # ĥ(x′) is within 2e₀ + L₀·r of ĉ₀: the balls' radii grown by 2e₀ / L₀ give the walk that reach
+        grown = radius + 2 * state.error / state.lipschitz * (1 + 4 * U64)
+        _, fresh = _walk(model, step.branch, h, start, grown)
+        carried = torch.minimum(carried, (step.norm * state.error + fresh.error) * (1 + 4 * U64))
+        out = _Ball(out.error, out.lipschitz, out.nonzero, out.overflow | fresh.overflow)
     total = h + branch
     flushed = 3 * tiny * math.sqrt(total[0].numel())
     exact_sum = row_norms_up(total.double()) * (1 + 2 * u) + flushed  # ‖ĉ₀ + ĉ₁‖ before its rounding
     paths = state.lipschitz + out.lipschitz
     largest = (exact_sum + 2 * (state.error + out.error) + paths * radius) * (1 + 4 * U64)
-    error = (state.error + out.error + u * largest + flushed) * (1 + 4 * U64)
+    error = (carried + u * largest + flushed) * (1 + 4 * U64)
     through = up(up(state.lipschitz * step.norm) * (1 + 2 * U64))
     lipschitz = min(through, up(up(paths) * (1 + 2 * U64)))
     fits = largest * 2 < torch.finfo(model.dtype).max  # NaN or inf: False

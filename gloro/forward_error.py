@@ -174,9 +174,21 @@ class RoundingModel:
     def _residual(self, step: ResidualStep, state: _Region, radius: torch.Tensor) -> _Region:
         """x + f(x): both paths' errors add, and the sum itself rounds once, |fl(a + b) − (a + b)| ≤ u·|a + b| (less
         three smallest normals where subnormal operands or results are flushed); its Lipschitz bound is the
-        smaller of L·(the layer's sound bound) and L + L_f."""
+        smaller of L·(the layer's sound bound) and L + L_f.
+
+        The error in ℓ2 is the smaller of two bounds: the input's error e carried through both paths, e + e_f
+        (e_f grows with the branch's norms), and L_g·e + e′, the exact layer g's own bound times e plus the
+        rounding e′ of computing the branch at the computed input ĥ (its walk started from ĥ, with no error):
+        ‖ĝ(ĥ) − g(h)‖ ≤ ‖ĝ(ĥ) − g(ĥ)‖ + ‖g(ĥ) − g(h)‖. The second is far smaller where the branch's norms multiply
+        to more than the layer's bound (SLL: about 2 against 1)."""
         u, tiny = unit_roundoff(self.dtype), torch.finfo(self.dtype).tiny
         out = self._walk(step.branch, state, radius)
+        through_layer = math.inf
+        if state.lipschitz > 0:  # ĥ(x′) is within e of h(x′): the region about ĉ, its radius grown by e / L
+            grown = radius + state.error / state.lipschitz * (1 + 4 * U64)
+            fresh = self._walk(step.branch, _computed_inputs(state), grown)
+            through_layer = (step.norm * state.error + fresh.error) * (1 + 4 * U64)
+            out = dataclasses.replace(out, overflow=out.overflow | fresh.overflow)
         largest = torch.maximum(state.lower.abs(), state.upper.abs()) + torch.maximum(out.lower.abs(), out.upper.abs())
         slack = 2 * U64 * largest + TINY64
         lower, upper = state.lower + out.lower - slack, state.upper + out.upper + slack
@@ -191,7 +203,7 @@ class RoundingModel:
         units = (carried + u * magnitude + 3 * tiny) * (1 + 4 * U64)
         by_centre = (row_norms_up(centre) + centre_error + lipschitz * radius) * (1 + 4 * U64)
         norm_bound = torch.minimum(by_centre, row_norms_up(torch.maximum(lower.abs(), upper.abs())))
-        both = state.error + out.error
+        both = torch.minimum(state.error + out.error, through_layer)
         by_norms = (both + u * (norm_bound + both) + 3 * tiny * math.sqrt(units[0].numel())) * (1 + 4 * U64)
         error = torch.minimum(by_norms, row_norms_up(units))
         units = torch.minimum(units, spread(error, units))
@@ -274,6 +286,19 @@ class RoundingModel:
         rho = bound.logit_rounding
         own = rho[top][:, None] + rho[None] + self.distances[top] * bound.feature_error
         return ((measured + own) * (1 + 4 * U64)).nan_to_num(nan=math.inf)
+
+
+def _computed_inputs(state: _Region) -> _Region:
+    """The region's state for the computed values ĥ as exact inputs: each unit's interval widened by its error
+    bound, no error carried, ‖ĥ‖ ≤ ‖h‖ + e (the caller grows the radius so that the reach covers ĥ too)."""
+    low, high = state.lower - state.units, state.upper + state.units
+    lower = low - (2 * U64 * low.abs() + TINY64)
+    upper = high + (2 * U64 * high.abs() + TINY64)
+    zero = torch.zeros_like(state.error)
+    norm_bound = (state.norm_bound + state.error) * (1 + 2 * U64)
+    return dataclasses.replace(
+        state, lower=lower, upper=upper, units=torch.zeros_like(state.units), error=zero, norm_bound=norm_bound
+    )
 
 
 def _evaluate(steps: list, h: torch.Tensor) -> torch.Tensor:

@@ -151,6 +151,35 @@ def test_the_rounding_of_the_sum_itself_is_counted():
     assert (body.norm(dim=1) <= error).all()
 
 
+def test_an_error_that_enters_a_residual_layer_is_carried_through_it():
+    """A wide layer whose terms cancel rounds far more than its small output, and so than the sum x + f(x) of the
+    residual layer after it (a branch of tiny weights): the bound on ‖ĥ − h‖ after the residual layer, over
+    each point's own region, must still carry the error that came in, through the layer's own bound."""
+    generator = torch.Generator().manual_seed(6)
+    wide = nn.Linear(1024, 64)
+    layer = Residual(nn.Linear(64, 64))
+    with torch.no_grad():
+        weight = torch.randn(64, 1024, generator=generator)
+        wide.weight.copy_(weight - weight.mean(1, keepdim=True))  # rows summing to 0: large terms, small sums
+        wide.bias.zero_()
+        layer.branch[0].weight.mul_(1e-4)
+    model = nn.Sequential(wide, layer, nn.Linear(64, 10))
+    net = gloro.GloroNet(model, 0.1, input_shape=(1024,))
+    x = 0.5 + 0.01 * torch.rand(100, 1024, generator=generator)
+    logits, body = sampled_errors(net, x, torch.float32)
+    with torch.no_grad():
+        first = wide(x).double()
+        incoming = (first - copy.deepcopy(wide).double()(x.double())).norm(dim=1)
+        predictions = net.predict_clean(x).argmax(1)
+    assert (incoming > 10 * 2.0**-24 * first.norm(dim=1)).all()  # far more than the sum x + f(x) rounds
+    rounding = net.sound_constants().rounding
+    region = rounding.region(x, x, x, torch.zeros(len(x)))  # each point alone
+    assert (body.norm(dim=1) <= region.feature_error).all()
+    ball = rounding.ball_pairs(x, torch.zeros(len(x)), predictions)  # and as certification asks for it
+    pairwise = (logits.gather(1, predictions[:, None]) - logits).abs()
+    assert (pairwise <= ball * (1 - 1e-6)).all()
+
+
 def test_each_points_ball_bound_covers_a_residual_nets_rounding():
     """b_i(x, r) ≥ |(ŷ_j − ŷ_i) − (y_j − y_i)| at sampled points of B(x, r) ∩ box (see test_point_allowance)."""
     from test_point_allowance import points_in_balls

@@ -221,11 +221,13 @@ def table1(runs: pd.DataFrame, published: pd.DataFrame, not_run: Mapping[str, Ma
         ignoring = run.get("global_vra_ignoring_rounding")
         measured_cost = ignoring is not None and not pd.isna(ignoring)
         row["rounding_cost"] = 100 * (float(ignoring) - float(run["global_vra"])) if measured_cost else None
-        # the constant training claims (power iteration, or a construction's 1 per layer) over the sound one
+        # the constant training claims (power iteration, or a construction's 1 per layer) over the sound one, on
+        # rows whose method certifies with the Lipschitz bound (KW's and BCP's claims are their own bounds)
         claimed = number_or_none(run.get("lipschitz_power_iteration"))
         sound = number_or_none(run.get("lipschitz_sound"))
-        row["claimed_over_sound"] = claimed / sound if claimed is not None and sound else None
-        row["vra_claimed"] = percent_or_none(run.get("global_vra_claimed"))
+        lipschitz_method = run["certifier"] == "global"
+        row["claimed_over_sound"] = claimed / sound if lipschitz_method and claimed is not None and sound else None
+        row["vra_claimed"] = percent_or_none(run.get("global_vra_claimed")) if lipschitz_method else None
         rows.append(row)
     for row in rows:
         gloro = settings[(row["dataset"], round(float(row["epsilon"]), 3), row["architecture"])].get(COST_REFERENCE)

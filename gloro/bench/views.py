@@ -201,10 +201,10 @@ def table1_caption(runs: pd.DataFrame, date: str) -> str:
         "floating-point rounding, the price of certificates that hold for the net as it computes"
     )
     claimed = (
-        "claimed K: how far the Lipschitz constant the net's training uses (its layers' power-iteration estimates, "
-        f"or a construction's 1 per layer) lies below the sound bound of the trained weights ({CLAIM_FLAG}: below, "
-        "so a VRA computed with it is not a certificate); VRA % claimed: the VRA that constant gives with no "
-        "rounding allowance, as the method's own evaluation would print it"
+        "claimed K, on rows certified by the Lipschitz bound: how far the constant the net's training uses (its "
+        "layers' power-iteration estimates, or a construction's 1 per layer) lies below the sound bound of the "
+        f"trained weights ({CLAIM_FLAG}: below, so a VRA computed with it is not a certificate); VRA % claimed: the "
+        "VRA that constant gives with no rounding allowance, as the method's own evaluation would print it"
     )
     where = f"Table 1, measured {measured_on(runs, date)}"
     return f"{where}; {sources}; {seconds}; {memory}; {ratios}; {rounding}; {claimed}; {MACHINE_TIMES}."

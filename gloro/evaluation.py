@@ -179,9 +179,8 @@ def certification_report(
     (what the VRA would be without any rounding allowance); vra_claimed (what it would be with the Lipschitz
     constant training uses, the layers' power-iteration estimates or their constructions' claims, and no
     rounding allowance: the number a method's own evaluation would print); vra_box_allowance (with the box-wide
-    offsets O_ij
-    alone, whose largest is rounding_offset_max, before each point's own allowance refines them); vra_at_radii
-    (rows {radius, radius_label, vra}; `radii` defaults to STANDARD_RADII for images, none otherwise); the
+    offsets O_ij alone, whose largest is rounding_offset_max, before each point's own allowance refines them);
+    vra_at_radii (rows {radius, radius_label, vra}; `radii` defaults to STANDARD_RADII for images, none otherwise); the
     Lipschitz constants of `lipschitz_summary`; and throughput over the same batches: forward_points_per_second
     (the wrapped model's logits alone) and certify_points_per_second (logits plus the certificate, with the
     sound K_ij computed once beforehand, its time in sound_constants_seconds: the median of calls repeated to

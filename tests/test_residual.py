@@ -217,6 +217,8 @@ def test_the_global_certificate_holds_on_a_residual_net_and_chain_certifiers_say
     rows, unsupported = compare_supported(net, x, labels, 0.01, ["global", "local", "bcp"])
     assert [row["certifier"] for row in rows] == ["global"] and sorted(unsupported) == ["bcp", "local"]
     assert all("Residual" in reason for reason in unsupported.values())
+    with pytest.raises(UnsupportedLayerError, match="local: .*Residual"):  # asked for by name: never dropped
+        gloro.compare_certifiers(net, x, labels, 0.01, ["global", "local"])
 
 
 def test_a_trained_residual_nets_certificates_survive_the_attack():

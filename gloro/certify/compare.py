@@ -31,7 +31,9 @@ def compare_certifiers(
     times the number of points, `timed_points` how many were timed, and `time_over_first` the median over
     rounds of its time over the first certifier's (`time_over_first_q1`, `_q3`: its quartiles over rounds).
     """
-    rows, _ = compare_supported(net, images, labels, epsilon, names)
+    rows, unsupported = compare_supported(net, images, labels, epsilon, names)
+    if unsupported:  # asked for by name: refused as the certifier itself refuses, not left out quietly
+        raise UnsupportedLayerError("; ".join(f"{name}: {reason}" for name, reason in unsupported.items()))
     return rows
 
 

@@ -73,9 +73,11 @@ def sll_bound(weight: torch.Tensor, scale: torch.Tensor, up_weight: torch.Tensor
     g = t.sqrt()[:, None] * w  # T^{1/2}W: each entry within two roundings of its exact value
     s = spectral_norm_upper(g, up(4 * U64 * norm_up(g)))
     symmetric = max(1.0, up(up(2 * up(s * s)) - 1))
-    # −2·W_ji·t_j of float32 (or float64 with room) numbers is exact in float64; their difference rounds once
-    mismatch = v - (-2 * w.T * t[None, :])
-    rounding = up(norm_up(mismatch) * (1 + 2 * U64))
+    # −2·W_ji·t_j is exact in float64 for float32 weights (within u₆₄ of each entry for float64 ones), and the
+    # difference from V rounds once more
+    product = -2 * w.T * t[None, :]
+    mismatch = v - product
+    rounding = up(up(norm_up(mismatch) * (1 + 2 * U64)) + up(2 * U64 * norm_up(product)))
     return up(symmetric + up(rounding * spectral_norm_upper(w)))
 
 

@@ -246,6 +246,21 @@ class LoweredBound(LayerBound):
         return [norm for bound, part in parts for norm in rounding_norms(bound, part, fast)]
 
 
+class ClaimedBound(LoweredBound):
+    """A block whose construction claims a Lipschitz constant (AOL's 1): the claim is its training estimate,
+    and its sound bound is its lowering's, proven from the weights it computes with, whatever it claims."""
+
+    def __init__(
+        self, layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None, claim: float = 1.0
+    ) -> None:
+        super().__init__(layer, input_shape, generator)
+        self.claim = float(claim)
+
+    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
+        weight = next(layer.parameters(), None)
+        return torch.tensor(self.claim, device=None if weight is None else weight.device)
+
+
 class ResidualBound(LoweredBound):
     """A residual layer's bound: x + f(x) moves by at most ‖Δ‖ + L_f·‖Δ‖, so 1 + the product of its branch's
     bounds; with a bound of its rule's own (proven from the weights, e.g. SLL's), the smaller of the two."""

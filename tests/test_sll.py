@@ -12,7 +12,7 @@ import gloro
 from gloro.families.sll import SLLDense, sll_bound
 from gloro.layer_rules import bound_for
 from gloro.layers import normalized_linear
-from gloro.methods.sll import offset_cross_entropy
+from gloro.methods.offset import offset_cross_entropy
 
 
 def computed_norm_slack(size: int) -> float:

@@ -9,6 +9,7 @@ one (`gloro.layer_rules`: its branch is Wx + b, ReLU, then the computed −2Wᵀ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -110,7 +111,5 @@ def sll_dense_layers(features: int, depth: int, inner: int, classes: int) -> lis
 def sll_dense_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
     """A small all-dense SLL net for CPU runs: four SLL layers on the flattened input (inner width twice the
     input's, at most 1024) and the LLN head. SLL's own nets add SLL convs before the dense layers."""
-    features = 1
-    for size in spec.input_shape:
-        features *= size
+    features = math.prod(spec.input_shape)
     return sll_dense_layers(features, 4, min(2 * features, 1024), spec.num_classes)

@@ -1,7 +1,7 @@
-"""SLL's training (Araujo et al., ICLR 2023, as the 1-Lipschitz-layers comparison ran it): an offset
-cross-entropy, T·CE((z − u·onehot(y))/T, y), on the logits of a net of SLL layers with a row-normalised head
-(`gloro.families.sll`), whose logit differences move by at most 2 per unit of input distance; certified by
-the global bound of the trained weights, not by the construction's 1."""
+"""The training of the 1-Lipschitz families (SLL, AOL), as the 1-Lipschitz-layers comparison (Prach et al.,
+CVPR 2024) ran them: an offset cross-entropy T·CE((z − u·onehot(y))/T, y) on the logits of a net whose
+row-normalised head moves each logit difference by at most 2 per unit of input distance; certified by the
+global bound of the trained weights, not by the layers' claimed 1."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gloro.methods.registry import register_method
 
 
 @dataclass(frozen=True)
-class SLLOptions:
+class OffsetOptions:
     offset: float | None = option(
         None, "u, subtracted from the label's logit before the cross-entropy; null: 2√2·ε (the 1LLC rule)"
     )
@@ -37,15 +37,12 @@ def offset_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, offset: flo
     return temperature * F.cross_entropy(shifted / temperature, labels)
 
 
-@register_method
-class SLLMethod(Method):
-    name = "sll"
-    losses = ("offset_ce",)
-    labels = ("SLL",)
+class OffsetMethod(Method):
+    """A method trained with the offset cross-entropy and certified by the global bound (subclass per family;
+    each names its own loss, since a config's `loss` selects the method)."""
+
     certifier = "global"
-    options_class = SLLOptions
-    order = 60
-    reference = "Araujo, Havens, Delattre, Allauzen & Hu, ICLR 2023; recipe of Prach et al., CVPR 2024 (1LLC)"
+    options_class = OffsetOptions
 
     def objective(self, net, x: torch.Tensor, y: torch.Tensor, recipe, values: Mapping[str, float]) -> Objective:
         logits = net(x)  # [z, z_⊥]: ⊥ from the training estimate, the layers' claimed 1
@@ -54,3 +51,25 @@ class SLLMethod(Method):
         offset = 2 * math.sqrt(2) * net.epsilon if offset is None else offset
         loss = offset_cross_entropy(clean, y, offset, recipe.options.temperature)
         return loss, clean, logits.argmax(1) == y
+
+
+@register_method
+class SLLMethod(OffsetMethod):
+    """SLL (Araujo, Havens, Delattre, Allauzen & Hu, ICLR 2023) on nets of `gloro.families.sll` layers."""
+
+    name = "sll"
+    losses = ("sll",)
+    labels = ("SLL",)
+    order = 60
+    reference = "Araujo, Havens, Delattre, Allauzen & Hu, ICLR 2023; recipe of Prach et al., CVPR 2024 (1LLC)"
+
+
+@register_method
+class AOLMethod(OffsetMethod):
+    """AOL (Prach & Lampert, ECCV 2022) on nets of `gloro.families.aol` layers."""
+
+    name = "aol"
+    losses = ("aol",)
+    labels = ("AOL",)
+    order = 55
+    reference = "Prach & Lampert, ECCV 2022; recipe of Prach et al., CVPR 2024 (1LLC)"

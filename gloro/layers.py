@@ -1,5 +1,5 @@
-"""Layers that GloRo Nets use beyond torch.nn (the MinMax, GroupSort-2, activation; a residual connection), and
-the error for a layer that no Lipschitz bound is known for."""
+"""Layers that GloRo Nets use beyond torch.nn (the MinMax, GroupSort-2, activation; a residual connection; a
+row-normalised logit layer), and the error for a layer that no Lipschitz bound is known for."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ AOL net's certificates survive the attack."""
 import pytest
 import torch
 from test_floating_point import box_points
-from test_residual import sampled_errors
+from test_residual import assert_box_offsets_cover_the_rounding, assert_trained_certificates_survive_pgd
 
 import gloro
 from gloro.families.aol import AOLDense
@@ -47,24 +47,12 @@ def test_a_rescaling_that_does_not_do_its_job_gets_its_true_bound_not_one(monkey
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_the_box_offsets_cover_an_aol_nets_rounding(dtype):
-    net = gloro.GloroNet(gloro.create_model("AOL-D4", (1, 4, 4), 10, seed=3, init="orthogonal"), 0.3).to(dtype)
-    constants = net.sound_constants()
-    x = box_points(200, 100, torch.Generator().manual_seed(4))[:, :, :4, :4]
-    logits, body = sampled_errors(net, x, dtype)
-    pairwise = (logits[:, :, None] - logits[:, None, :]).abs()
-    assert torch.isfinite(constants.offsets).all()
-    assert (pairwise <= constants.offsets[None] / 2).all()
-    assert (body.flatten(1).norm(dim=1) <= constants.forward_error.feature_error).all()
+    net = gloro.GloroNet(gloro.create_model("AOL-D4", (1, 4, 4), 10, seed=3, init="orthogonal"), 0.3)
+    assert_box_offsets_cover_the_rounding(
+        net, box_points(200, 100, torch.Generator().manual_seed(4))[:, :, :4, :4], dtype
+    )
 
 
 def test_an_aol_net_trained_on_digits_is_certified_soundly():
-    from gloro.audit import audit_soundness
-    from gloro.data import load_dataset
-
-    train, test = (load_dataset("digits", split, progress=False) for split in ("train", "test"))
     net = gloro.GloroNet(gloro.create_model("AOL-D4", (1, 8, 8), 10, seed=0, init="orthogonal"), 0.3, seed=0)
-    recipe = gloro.TrainingRecipe(epochs=6, batch_size=64, seed=0, loss="aol")
-    gloro.train(net, train.images.float() / 16.0, train.labels, recipe, progress=False)
-    net.freeze()
-    report = audit_soundness(net, test.images.float()[:200] / 16.0, 0.3, progress=False, steps=20)
-    assert report["certified"] > 20 and report["violations"] == 0
+    assert_trained_certificates_survive_pgd(net, "aol", epochs=6, certified=20)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_floating_point import box_points
-from test_residual import sampled_errors
+from test_residual import assert_box_offsets_cover_the_rounding, assert_trained_certificates_survive_pgd
 
 import gloro
 from gloro.families.sll import SLLDense, sll_bound
@@ -90,16 +90,10 @@ def test_a_row_normalised_head_is_certified_with_the_rows_it_computes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_the_box_offsets_cover_an_sll_nets_rounding(dtype):
-    torch.manual_seed(3)
-    model = gloro.create_model("SLL-D4", (1, 4, 4), 10, seed=3)
-    net = gloro.GloroNet(model, 0.3).to(dtype)
-    constants = net.sound_constants()
-    x = box_points(200, 100, torch.Generator().manual_seed(4))[:, :, :4, :4]
-    logits, body = sampled_errors(net, x, dtype)
-    pairwise = (logits[:, :, None] - logits[:, None, :]).abs()
-    assert torch.isfinite(constants.offsets).all()
-    assert (pairwise <= constants.offsets[None] / 2).all()
-    assert (body.flatten(1).norm(dim=1) <= constants.forward_error.feature_error).all()
+    net = gloro.GloroNet(gloro.create_model("SLL-D4", (1, 4, 4), 10, seed=3), 0.3)
+    assert_box_offsets_cover_the_rounding(
+        net, box_points(200, 100, torch.Generator().manual_seed(4))[:, :, :4, :4], dtype
+    )
 
 
 def test_the_offset_cross_entropy_asks_the_label_to_lead_by_the_offset():
@@ -114,14 +108,5 @@ def test_the_offset_cross_entropy_asks_the_label_to_lead_by_the_offset():
 
 def test_an_sll_net_trained_on_digits_is_certified_soundly():
     """SLL's method on SLL-D4 for a few epochs: it certifies points, and PGD changes none of them."""
-    from gloro.audit import audit_soundness
-    from gloro.data import load_dataset
-    from gloro.methods import get_method
-
-    train, test = (load_dataset("digits", split, progress=False) for split in ("train", "test"))
     net = gloro.GloroNet(gloro.create_model("SLL-D4", (1, 8, 8), 10, seed=0), 0.3, seed=0)
-    recipe = gloro.TrainingRecipe(epochs=6, batch_size=64, seed=0, loss=get_method("sll").losses[0])
-    gloro.train(net, train.images.float() / 16.0, train.labels, recipe, progress=False)
-    net.freeze()
-    report = audit_soundness(net, test.images.float()[:200] / 16.0, 0.3, progress=False, steps=20)
-    assert report["certified"] > 20 and report["violations"] == 0
+    assert_trained_certificates_survive_pgd(net, "sll", epochs=6, certified=20)

@@ -106,6 +106,31 @@ class MultiStep:
         return self.initial * self.factor ** sum(1 for m in self.milestones if m < epoch)
 
 
+@dataclass(frozen=True)
+class WarmupCosine:
+    """LiResNet's learning rate: linear warm-up to `initial` over the first `warmup` epochs (initial·(e + 1)/warmup),
+    then a cosine from `initial` down to initial·`floor` at epoch `epochs` − 1."""
+
+    initial: float
+    warmup: int
+    epochs: int
+    floor: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup < self.epochs or not 0 <= self.floor <= 1:
+            raise ValueError(
+                f"warmup_cosine needs 0 <= warmup < epochs and 0 <= floor <= 1, got warmup {self.warmup}, "
+                f"epochs {self.epochs}, floor {self.floor}"
+            )
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return self.initial * (epoch + 1) / self.warmup
+        span = max(self.epochs - 1 - self.warmup, 1)
+        progress = min((epoch - self.warmup) / span, 1.0)
+        return self.initial * (self.floor + (1 - self.floor) * (1 + math.cos(math.pi * progress)) / 2)
+
+
 SCHEDULES = {
     "constant": Constant,
     "linear": Linear,
@@ -113,8 +138,9 @@ SCHEDULES = {
     "decay_after_half": DecayAfterHalf,
     "step": Step,
     "multistep": MultiStep,
+    "warmup_cosine": WarmupCosine,
 }
-Schedule = Constant | Linear | LogarithmicHalf | DecayAfterHalf | Step | MultiStep
+Schedule = Constant | Linear | LogarithmicHalf | DecayAfterHalf | Step | MultiStep | WarmupCosine
 
 
 def schedule_from_config(spec: float | Mapping) -> Schedule:

@@ -90,7 +90,7 @@ def test_method_options_are_checked_when_the_config_is_read(change, message):
 def test_every_method_names_a_registered_certifier_and_its_table_labels():
     from gloro.certify import list_certifiers
 
-    assert list_methods() == ["gloro", "kw", "bcp", "aol", "sll"]
+    assert list_methods() == ["gloro", "kw", "bcp", "emma", "aol", "sll"]
     for name in list_methods():
         method = get_method(name)
         assert method.certifier in list_certifiers() and len(method.labels) == len(method.losses)
@@ -183,7 +183,8 @@ def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_witho
     settings = {**SETTINGS, "train_epsilon": 0.3, "epochs": 2, "method": "tempered"}
     experiment = Experiment.from_config("t", {**settings, "options": {"temperature": temperature}})
     assert experiment.loss == "tempered_ce" and experiment.label == "Tempered" and experiment.certifiers == ("global",)
-    assert table_labels().index("Tempered") == table_labels().index("BCP") + 1  # order 50: after the built-ins
+    labels = table_labels()  # order 50: after the paper's methods and EMMA (30), before AOL (55)
+    assert labels.index("EMMA") + 1 == labels.index("Tempered") == labels.index("AOL") - 1
     assert recipe_settings(experiment.recipe())["options"] == {"temperature": temperature}  # recorded as given
     with pytest.raises(ValueError, match="method 'tempered' has no option 'temprature'; its options: temperature"):
         Experiment.from_config("t", {**settings, "options": {"temprature": 2.0}})

@@ -1,8 +1,8 @@
-"""Training methods by name (`@register_method`, `get_method`, `list_methods`): GloRo and GloRo-T, the
-baselines KW and BCP, and the 1-Lipschitz families' SLL and AOL. A method of your own is a `Method` subclass
-registered the same way (docs/methods.md)."""
+"""Training methods by name (`@register_method`, `get_method`, `list_methods`): GloRo and GloRo-T, its
+successor's EMMA, the baselines KW and BCP, and the 1-Lipschitz families' SLL and AOL. A method of your own
+is a `Method` subclass registered the same way (docs/methods.md)."""
 
-from gloro.methods import bcp, gloro, kw, offset  # noqa: F401 - registers the built-in methods
+from gloro.methods import bcp, emma, gloro, kw, offset  # noqa: F401 - registers the built-in methods
 from gloro.methods.base import Method, Objective
 from gloro.methods.registry import (
     get_method,

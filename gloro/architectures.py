@@ -151,11 +151,16 @@ _register_paper_layouts()
 @torch.no_grad()
 def initialise(model: nn.Module, init: str, generator: torch.Generator) -> None:
     """Seeded weight initialisation of every conv and dense layer; biases start at zero except for 'pytorch'.
-    A layer with a `draw(generator)` method of its own (a family's block with its own parameters) draws
-    them from the same generator, in module order."""
+    A layer with a `draw(generator)` method of its own (a family's block, started as its authors start it)
+    draws its parameters, its sublayers' included, from the same generator, in module order."""
+    drawn: set[int] = set()
     for layer in model.modules():
+        if id(layer) in drawn:
+            continue
         if callable(getattr(layer, "draw", None)):
             layer.draw(generator)
+            drawn.update(id(module) for module in layer.modules())
+            continue
         if not isinstance(layer, nn.Conv2d | nn.Linear):
             continue
         # a parametrized weight (a normalised head) is drawn through the parameter it is computed from

@@ -1,7 +1,8 @@
 """What the library knows about each layer type, one registry entry per type (`register_layer_rule`).
 
 A *primitive* layer is one the certifiers reason about directly: an affine map (Linear, Conv2d,
-AvgPool2d), an activation (ReLU, MinMax) or a reshape (Flatten, Identity). Its rule gives its Lipschitz
+AvgPool2d), an activation (ReLU, MinMax) or a reshape (Flatten, Identity, PixelUnshuffle, ZeroPad2d,
+ChannelPad, FirstChannels: each moves, drops or zero-fills entries, exactly). Its rule gives its Lipschitz
 bound and, for the non-affine ones, how a per-unit rounding error of its input carries to its output.
 A *block* is any other layer: its rule lowers it to primitive layers that compute, in the same floating-point
 operations, exactly what the block computes. Its bound is then the product of theirs, and every certifier
@@ -23,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from gloro.affine_maps import AffineMap, AvgPool2dMap, Conv2dMap, LinearMap
 from gloro.conv_norms import avg_pool2d_norm
-from gloro.layers import MinMax, Residual, UnsupportedLayerError
+from gloro.layers import ChannelPad, FirstChannels, MinMax, Residual, UnsupportedLayerError
 from gloro.lipschitz import ConstantBound, Conv2dBound, LayerBound, LinearBound
 from gloro.outward import product_up, up
 
@@ -36,15 +37,14 @@ ROLES = ("affine", "activation", "reshape", "block", "residual")
 class LayerRule:
     """Every fact about one layer type.
 
-    role: "affine" (x ↦ Ax + b, rounded as an inner product), "activation" (exact in floating point,
-    1-Lipschitz, monotone in each input, zero at zero), "reshape" (moves entries, exactly), "block" (lowered)
-    or "residual" (x + branch(x), computed as that sum). bound: (layer, input shape, generator) → its
-    `LayerBound`; when not given, a block's is the product of its primitives' and a residual layer's
-    1 + its branch's. carry_error: for an activation or a reshape, (layer, per-unit bound on |x̂ − x|, upper
-    end of x's interval) → the per-unit bound on its output's error; given a 0/1 bound, it marks the outputs
-    that can be nonzero. affine_map: for an affine layer, the `AffineMap` class that computes it
-    (`affine_map`). lower: for a block, layer → its primitive layers. branch: for a residual layer, layer →
-    the layers of f, applied in turn.
+    role: "affine" (x ↦ Ax + b, rounded as an inner product), "activation" (exact in floating point, 1-Lipschitz,
+    monotone in each input, zero at zero), "reshape" (moves, drops or zero-fills entries, exactly), "block"
+    (lowered) or "residual" (x + branch(x), computed as that sum). bound: (layer, input shape, generator) → its
+    `LayerBound`; when not given, a block's is the product of its primitives' and a residual layer's 1 + its
+    branch's. carry_error: for an activation or a reshape, (layer, per-unit bound on |x̂ − x|, upper end of x's
+    interval) → the per-unit bound on its output's error; given a 0/1 bound, it marks the outputs that can be
+    nonzero. affine_map: for an affine layer, the `AffineMap` class that computes it (`affine_map`). lower: for a
+    block, layer → its primitive layers. branch: for a residual layer, layer → the layers of f, applied in turn.
     """
 
     layer_type: type[nn.Module]
@@ -361,4 +361,8 @@ register_layer_rule(nn.ReLU, "activation", bound=_unit_bound, carry_error=_carry
 register_layer_rule(MinMax, "activation", bound=_unit_bound, carry_error=_carry_minmax)
 register_layer_rule(nn.Flatten, "reshape", bound=_unit_bound, carry_error=_carry_through)
 register_layer_rule(nn.Identity, "reshape", bound=_unit_bound, carry_error=_carry_through)
+register_layer_rule(nn.PixelUnshuffle, "reshape", bound=_unit_bound, carry_error=_carry_through)
+register_layer_rule(nn.ZeroPad2d, "reshape", bound=_unit_bound, carry_error=_carry_through)
+register_layer_rule(ChannelPad, "reshape", bound=_unit_bound, carry_error=_carry_through)
+register_layer_rule(FirstChannels, "reshape", bound=_unit_bound, carry_error=_carry_through)
 register_layer_rule(Residual, "residual", branch=lambda layer: tuple(layer.branch))

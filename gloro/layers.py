@@ -1,5 +1,6 @@
 """Layers that GloRo Nets use beyond torch.nn (the MinMax, GroupSort-2, activation; a residual connection; a
-row-normalised logit layer), and the error for a layer that no Lipschitz bound is known for."""
+row-normalised logit layer; channel padding and selection), and the error for a layer that no Lipschitz bound is
+known for."""
 
 from __future__ import annotations
 
@@ -50,6 +51,37 @@ def normalized_linear(features: int, classes: int) -> nn.Linear:
     layer = nn.Linear(features, classes)
     parametrize.register_parametrization(layer, "weight", RowNormalized())
     return layer
+
+
+class ChannelPad(nn.Module):
+    """Zero channels appended up to `channels` (1-Lipschitz, exact): widens an image's 1 or 3 channels for a
+    net of square layers, as the 1-Lipschitz-layers comparison's nets do."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.channels:
+            raise ValueError(f"ChannelPad({self.channels}) got {x.shape[1]} channels, more than it pads to")
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.channels - x.shape[1]))
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
+
+
+class FirstChannels(nn.Module):
+    """The first `channels` channels (1-Lipschitz, exact): halves the channels before a space-to-depth step."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, : self.channels]
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
 
 
 class UnsupportedLayerError(TypeError):

@@ -34,7 +34,7 @@ def perturbed_block(channels: int, depth: int, seed: int, spread: float) -> LiRe
     return block
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     channels=st.integers(1, 5),
     height=st.integers(1, 6),

@@ -96,13 +96,14 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # GloRo and GloRo-T at four settings, KW at two, BCP at three
-    expected = {"all": 1, "attack": 13, "bounds": 13, "certify": 13, "report": 1, "train": 13, "prepare_data": 3}
-    expected["time_steps"] = 13  # each trained net's step, timed beside GloRo's
-    assert counts == {**expected, "total": 70}  # mnist, cifar10 and tiny-imagenet are each prepared once
+    # GloRo and GloRo-T at four settings, KW at two, BCP at three, LiResNet + EMMA and AOL on CIFAR-10
+    expected = {"all": 1, "attack": 15, "bounds": 15, "certify": 15, "report": 1, "train": 15, "prepare_data": 3}
+    expected["time_steps"] = 15  # each trained net's step, timed beside GloRo's
+    assert counts == {**expected, "total": 80}  # mnist, cifar10 and tiny-imagenet are each prepared once
     jobs = snakemake("-n", "--configfile", "config/paper.yaml", "--config", cache)
     assert jobs.returncode == 0, jobs.stderr
-    for baseline in ("mnist_1_58_kw", "mnist_1_58_bcp", "cifar10_36_kw", "cifar10_36_bcp", "tiny_imagenet_36_bcp"):
+    planned = ("mnist_1_58_kw", "mnist_1_58_bcp", "cifar10_36_kw", "cifar10_36_bcp", "tiny_imagenet_36_bcp")
+    for baseline in (*planned, "cifar10_36_liresnet", "cifar10_36_aol"):  # and the successors' CIFAR-10 rows
         assert f"experiment={baseline}" in jobs.stdout
     assert "experiment=tiny_imagenet_36_kw" not in jobs.stdout  # planned with the reason it cannot run
     assert "tiny_imagenet_36_kw is not run: the exact l2 KW dual" in jobs.stderr

@@ -15,7 +15,7 @@ from gloro.gloro_net import GloroNet
 from gloro.layers import UnsupportedLayerError
 from gloro.timing import interleaved_rounds, median_ratio, ratio_quartiles
 
-CALL_SECONDS = 1.0  # the slowest certifier's timed call: on as many of the points as fit in this
+CALL_SECONDS = 0.5  # the slowest certifier's timed call: on as many of the points as fit in this
 ROUNDS = 7  # interleaved rounds of timed calls: the medians and the ratios' median come from these
 
 

@@ -36,12 +36,19 @@ class CrownCertificate(Certificate):
     pre_activation: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
 
 
+ORDER_KEEPING = (nn.Flatten, nn.Identity)  # reshapes that leave the flattened entries where they are
+
+
 def crown_layers(plan: LocalPlan) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
     """(W, b, relu_after) for every affine layer, the head last; raises for what CROWN here does not model."""
     steps: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
     for index, layer in enumerate(plan.body):
         kind = type(layer)
         if role_of(layer) == "reshape":
+            if kind not in ORDER_KEEPING:  # the layer matrices chain in flattened order
+                raise UnsupportedLayerError(
+                    f"the CROWN certifier here chains layer matrices in flattened order; {layer!r} moves entries"
+                )
             continue
         if kind is MinMax:
             raise UnsupportedLayerError("the CROWN certifier here relaxes ReLU only; MinMax networks are not supported")

@@ -1,8 +1,9 @@
 """AOL, almost-orthogonal layers (Prach & Lampert, ECCV 2022): a dense layer x ↦ P D x + b with
-D = diag(d), d_i = (Σ_j |PᵀP|_ij + 10⁻⁶)^{-1/2}, which has ‖PD‖₂ ≤ 1 in exact arithmetic for any P.
+D = diag(d), d_i = (Σ_j |PᵀP|_ij + 10⁻⁶)^{-1/2}, which has ‖PD‖₂ ≤ 1 in exact arithmetic for any P, and the
+conv layer that scales its kernel's input channels the same way from the kernel's self-correlation.
 
-The certificate does not take that claim: the layer lowers to the nn.Linear it computes (weight P D̂ as
-rounded in its own precision), whose sound bound the library proves as for any dense layer; the claim is
+The certificate does not take that claim: each layer lowers to the nn.Linear or nn.Conv2d it computes (weight
+as rounded in its own precision), whose sound bound the library proves as for any such layer; the claim is
 only the training estimate (`gloro.layer_rules.ClaimedBound`).
 """
 
@@ -17,10 +18,11 @@ from torch import nn
 
 from gloro.architectures import ArchitectureSpec, register_architecture
 from gloro.layer_rules import ClaimedBound, register_layer_rule
-from gloro.layers import MinMax, normalized_linear
+from gloro.layers import ChannelPad, FirstChannels, MinMax, normalized_linear
 
 SAFETY = 1e-6  # added under the square root, as the authors do: it only shrinks d
 MAX_WIDTH = 1024  # AOL-D4's width on large inputs (a 64×64×3 image has 12,288 units)
+STARTS = ("dirac", "orthogonal")  # how an AOL conv starts (the comparison's AOLConv2dDirac and AOLConv2dOrth)
 
 
 class AOLDense(nn.Module):
@@ -55,6 +57,58 @@ register_layer_rule(
 )
 
 
+class AOLConv2d(nn.Module):
+    """One AOL conv layer, `kernel_size`×`kernel_size`, stride 1, zero padding kernel_size // 2 ('same' for odd
+    sizes), with a bias: the kernel's input channel i scaled by d_i = (Σ |K⋆K|_i·· + 10⁻⁶)^{-1/2}, the sum over
+    every other input channel and every offset of the kernel's self-correlation, which bounds ‖JᵀJ‖'s rows."""
+
+    def __init__(self, channels_in: int, channels_out: int, kernel_size: int = 3, start: str = "dirac") -> None:
+        super().__init__()
+        if start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+        self.raw = nn.Conv2d(channels_in, channels_out, kernel_size, padding=kernel_size // 2)
+        self.start = start
+        self.draw(None)
+
+    @torch.no_grad()
+    def draw(self, generator: torch.Generator | None) -> None:
+        """The comparison's start: the identity kernel ("dirac", square layers) or an orthogonal one; bias 0."""
+        if self.start == "dirac" and self.raw.in_channels == self.raw.out_channels:
+            nn.init.dirac_(self.raw.weight)
+        else:
+            nn.init.orthogonal_(self.raw.weight, generator=generator)
+        self.raw.bias.zero_()
+
+    def rescaled_weight(self) -> torch.Tensor:
+        """K with each input channel scaled by its d_i."""
+        kernel = self.raw.weight
+        by_input = kernel.transpose(0, 1)  # (in, out, kh, kw): the self-correlation sums over output channels
+        correlation = F.conv2d(by_input, by_input, padding=(kernel.shape[2] - 1, kernel.shape[3] - 1))
+        scale = (correlation.abs().sum((1, 2, 3)) + SAFETY).rsqrt()
+        return kernel * scale[None, :, None, None]
+
+    def as_conv(self) -> nn.Conv2d:
+        """The nn.Conv2d this layer computes (built without drawing weights), for the certifiers."""
+        weight = self.rescaled_weight()
+        layer = nn.utils.skip_init(
+            nn.Conv2d, weight.shape[1], weight.shape[0], weight.shape[2:], padding=self.raw.padding, device="meta"
+        )
+        del layer.weight, layer.bias
+        layer.weight, layer.bias = weight, self.raw.bias
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.rescaled_weight(), self.raw.bias, 1, self.raw.padding)
+
+
+register_layer_rule(
+    AOLConv2d,
+    "block",
+    lower=lambda layer: (layer.as_conv(),),
+    bound=lambda layer, shape, generator: ClaimedBound(layer, shape, generator, claim=1.0),
+)
+
+
 @register_architecture("AOL-D4")
 def aol_dense_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
     """A small all-dense AOL net for CPU runs: four AOL layers of the flattened input's width (at most 1024)
@@ -66,3 +120,38 @@ def aol_dense_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
     for index in range(4):
         layers += [AOLDense(features if index == 0 else width, width), MinMax()]
     return [*layers, normalized_linear(width, spec.num_classes)]
+
+
+def aol_conv_net(spec: ArchitectureSpec, width: int, per_block: int = 5) -> list[nn.Module]:
+    """The 1-Lipschitz-layers comparison's ConvNet with AOL layers: the channels zero-padded to `width`, a 1×1
+    AOL conv, then blocks of `per_block` AOL convs (3×3; 1×1 once the image is 2×2), each followed by MinMax,
+    that end by keeping half the channels and moving each 2×2 patch into channels (an odd side zero-padded by
+    one first), until the image is 1×1; a 1×1 AOL conv and the row-normalised head (theirs: the first 10
+    channels). Square convs start at the identity, the first and last 1×1 convs orthogonal, as theirs."""
+    channels, height, width_px = spec.input_shape
+    if channels > width:
+        raise ValueError(f"this net pads the channels up to {width}, but the input has {channels}")
+    layers: list[nn.Module] = [ChannelPad(width), AOLConv2d(width, width, 1, start="orthogonal"), MinMax()]
+    size, current = (height, width_px), width
+    while max(size) > 1:
+        kernel = 3 if min(size) > 2 else 1
+        for _ in range(per_block):
+            layers += [AOLConv2d(current, current, kernel), MinMax()]
+        if size[0] % 2 or size[1] % 2:
+            layers.append(nn.ZeroPad2d((0, size[1] % 2, 0, size[0] % 2)))
+        layers += [FirstChannels(current // 2), nn.PixelUnshuffle(2)]
+        size, current = ((size[0] + 1) // 2, (size[1] + 1) // 2), 2 * current
+    layers += [AOLConv2d(current, current, 1, start="orthogonal"), nn.Flatten()]
+    return [*layers, normalized_linear(current, spec.num_classes)]
+
+
+@register_architecture("AOL-S")
+def aol_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
+    """The comparison's size S (width 32; about 6.3M parameters on 32×32 images)."""
+    return aol_conv_net(spec, width=32)
+
+
+@register_architecture("AOL-XS")
+def aol_extra_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
+    """The same net at width 8, for CPU runs on small images."""
+    return aol_conv_net(spec, width=8)

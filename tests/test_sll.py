@@ -1,15 +1,23 @@
-"""SLL layers: the sound bound proven from the weights is never below the layer's real Lipschitz constant, also
-when the construction's T is wrong; the rounding model covers the layer; the row-normalised head is certified
-with the weights it computes; SLL's loss and method train nets whose certificates survive the attack."""
+"""SLL layers, dense and conv: the sound bound proven from the weights is never below the layer's real Lipschitz
+constant, also when the construction's T is wrong; the rounding model covers the layers; the row-normalised head
+is certified with the weights it computes; SLL's loss and method train nets whose certificates survive the
+attack."""
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_floating_point import box_points
 from test_residual import assert_box_offsets_cover_the_rounding, assert_trained_certificates_survive_pgd
+from torch import nn
 
 import gloro
-from gloro.families.sll import SLLDense, sll_bound
+from gloro.architectures import ArchitectureSpec, initialise
+from gloro.families.conv_net import comparison_conv_net
+from gloro.families.sll import SLLConv2d, SLLDense, sll_bound
 from gloro.layer_rules import bound_for
 from gloro.layers import normalized_linear
 from gloro.methods.offset import offset_cross_entropy
@@ -110,3 +118,68 @@ def test_an_sll_net_trained_on_digits_is_certified_soundly():
     """SLL's method on SLL-D4 for a few epochs: it certifies points, and PGD changes none of them."""
     net = gloro.GloroNet(gloro.create_model("SLL-D4", (1, 8, 8), 10, seed=0), 0.3, seed=0)
     assert_trained_certificates_survive_pgd(net, "sll", epochs=6, certified=20)
+
+
+def largest_conv_jacobian_norm(layer: SLLConv2d, shape: tuple[int, ...], points: int, seed: int) -> float:
+    """As `largest_jacobian_norm`, for a conv layer on inputs of `shape`."""
+    generator = torch.Generator().manual_seed(seed)
+    size = math.prod(shape)
+    largest = 0.0
+    for _ in range(points):
+        x = torch.randn(shape, generator=generator, dtype=torch.float64) * 3
+        jacobian = torch.autograd.functional.jacobian(lambda v: layer(v.view(1, *shape)).flatten(), x.flatten())
+        largest = max(largest, float(torch.linalg.matrix_norm(jacobian, 2)) / computed_norm_slack(size))
+    return largest
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    channels=st.integers(1, 4),
+    inner=st.integers(1, 5),
+    kernel=st.sampled_from([1, 3]),
+    size=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_a_conv_layers_sound_bound_is_never_below_its_jacobian(channels, inner, kernel, size, seed):
+    torch.manual_seed(seed)
+    layer = SLLConv2d(channels, inner, kernel).double()
+    with torch.no_grad():
+        layer.down.weight.normal_()
+        layer.down.bias.normal_()
+        layer.log_q.normal_()
+    shape = (channels, size, size)
+    bound = float(bound_for(layer, shape).sound(layer))
+    assert largest_conv_jacobian_norm(layer, shape, points=10, seed=seed) <= bound
+
+
+def test_a_conv_construction_whose_t_is_too_large_gets_its_true_bound_not_one(monkeypatch):
+    torch.manual_seed(0)
+    layer = SLLConv2d(3, 4).double()
+    with torch.no_grad():
+        layer.down.bias.fill_(10.0)  # every ReLU active at these points: J = I − 2WᵀTW
+    honest = SLLConv2d.scale
+    monkeypatch.setattr(SLLConv2d, "scale", lambda self: 10 * honest(self))  # the conv's T is looser than dense
+    shape = (3, 4, 4)
+    jacobian = largest_conv_jacobian_norm(layer, shape, points=20, seed=1)
+    assert jacobian > 1.5  # the layer is no longer 1-Lipschitz
+    assert float(bound_for(layer, shape).sound(layer)) >= jacobian
+    assert float(bound_for(layer, shape).estimate(layer, 10)) == 1.0  # the claim, for training only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_the_box_offsets_cover_an_sll_conv_nets_rounding(dtype):
+    net = gloro.GloroNet(gloro.create_model("SLL-XS", (1, 4, 4), 10, seed=3), 0.3)
+    assert_box_offsets_cover_the_rounding(
+        net, box_points(200, 100, torch.Generator().manual_seed(4))[:, :, :4, :4], dtype
+    )
+
+
+def test_an_sll_conv_net_trained_on_digits_is_certified_soundly():
+    model = nn.Sequential(*comparison_conv_net(ArchitectureSpec("SLL-XS", (1, 8, 8), 10), 8, sll_conv, per_block=2))
+    initialise(model, "glorot_uniform", torch.Generator().manual_seed(0))
+    net = gloro.GloroNet(model, 0.3, seed=0, input_shape=(1, 8, 8))
+    assert_trained_certificates_survive_pgd(net, "sll", epochs=3, certified=20, learning_rate=0.01)
+
+
+def sll_conv(channels: int, kernel: int, position: str) -> SLLConv2d:
+    return SLLConv2d(channels, channels, kernel)

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gloro.architectures import ArchitectureSpec, register_architecture
+from gloro.families.conv_net import comparison_conv_net
 from gloro.layer_rules import ClaimedBound, register_layer_rule
-from gloro.layers import ChannelPad, FirstChannels, MinMax, normalized_linear
+from gloro.layers import MinMax, normalized_linear
 
 SAFETY = 1e-6  # added under the square root, as the authors do: it only shrinks d
 MAX_WIDTH = 1024  # AOL-D4's width on large inputs (a 64×64×3 image has 12,288 units)
@@ -123,26 +124,13 @@ def aol_dense_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
 
 
 def aol_conv_net(spec: ArchitectureSpec, width: int, per_block: int = 5) -> list[nn.Module]:
-    """The 1-Lipschitz-layers comparison's ConvNet with AOL layers: the channels zero-padded to `width`, a 1×1
-    AOL conv, then blocks of `per_block` AOL convs (3×3; 1×1 once the image is 2×2), each followed by MinMax,
-    that end by keeping half the channels and moving each 2×2 patch into channels (an odd side zero-padded by
-    one first), until the image is 1×1; a 1×1 AOL conv and the row-normalised head (theirs: the first 10
-    channels). Square convs start at the identity, the first and last 1×1 convs orthogonal, as theirs."""
-    channels, height, width_px = spec.input_shape
-    if channels > width:
-        raise ValueError(f"this net pads the channels up to {width}, but the input has {channels}")
-    layers: list[nn.Module] = [ChannelPad(width), AOLConv2d(width, width, 1, start="orthogonal"), MinMax()]
-    size, current = (height, width_px), width
-    while max(size) > 1:
-        kernel = 3 if min(size) > 2 else 1
-        for _ in range(per_block):
-            layers += [AOLConv2d(current, current, kernel), MinMax()]
-        if size[0] % 2 or size[1] % 2:
-            layers.append(nn.ZeroPad2d((0, size[1] % 2, 0, size[0] % 2)))
-        layers += [FirstChannels(current // 2), nn.PixelUnshuffle(2)]
-        size, current = ((size[0] + 1) // 2, (size[1] + 1) // 2), 2 * current
-    layers += [AOLConv2d(current, current, 1, start="orthogonal"), nn.Flatten()]
-    return [*layers, normalized_linear(current, spec.num_classes)]
+    """The 1-Lipschitz-layers comparison's ConvNet (`comparison_conv_net`) with AOL convs: square convs start at
+    the identity, the first and last 1×1 convs orthogonal, as theirs."""
+
+    def conv(channels: int, kernel: int, position: str) -> nn.Module:
+        return AOLConv2d(channels, channels, kernel, start="dirac" if position == "block" else "orthogonal")
+
+    return comparison_conv_net(spec, width, conv, per_block)
 
 
 @register_architecture("AOL-S")

@@ -15,8 +15,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from gloro.architectures import ArchitectureSpec, register_architecture
+from gloro.conv_norms import conv2d_sound_norm
+from gloro.families.conv_net import comparison_conv_net
 from gloro.layer_rules import register_layer_rule
 from gloro.layers import normalized_linear
 from gloro.lipschitz import LayerBound
@@ -102,6 +105,102 @@ register_layer_rule(
 )
 
 
+class SLLConv2d(nn.Module):
+    """One SLL conv layer on `channels` channels with `inner` channels inside (the rows of W, here a
+    `kernel_size`² conv with zero padding kernel_size // 2): h(x) = x − 2Wᵀ T σ(Wx + b), T from the kernel's
+    self-correlation over every offset. Wᵀ, the transposed conv, is computed as the conv with the flipped and
+    transposed kernel, so that the layer is exactly x + its branch's output."""
+
+    def __init__(self, channels: int, inner: int | None = None, kernel_size: int = 3) -> None:
+        super().__init__()
+        inner = channels if inner is None else int(inner)
+        self.down = nn.Conv2d(channels, inner, kernel_size, padding=kernel_size // 2)  # W and b
+        self.log_q = nn.Parameter(torch.zeros(inner))
+
+    def scale(self) -> torch.Tensor:
+        """t: t_i = 1 / Σ_j Σ_offsets |K⋆K|_ij·q_j/q_i (0 where that sum is 0)."""
+        kernel, q = self.down.weight, self.log_q.exp()
+        correlation = F.conv2d(kernel, kernel, padding=(kernel.shape[2] - 1, kernel.shape[3] - 1))
+        total = (correlation.abs().sum((2, 3)) * q[None, :]).sum(1) / q
+        used = total > 0
+        return used / torch.where(used, total, torch.ones_like(total))
+
+    def up_weight(self) -> torch.Tensor:
+        """The kernel of the conv that computes −2Wᵀ T: −2·t_i·K_i, transposed and flipped."""
+        return (-2 * self.down.weight * self.scale()[:, None, None, None]).transpose(0, 1).flip(2, 3)
+
+    def up(self) -> nn.Conv2d:
+        """The branch's last layer: a bias-free nn.Conv2d holding `up_weight` (built without drawing weights)."""
+        weight = self.up_weight()
+        layer = nn.utils.skip_init(
+            nn.Conv2d,
+            weight.shape[1],
+            weight.shape[0],
+            weight.shape[2:],
+            padding=self.down.padding,
+            bias=False,
+            device="meta",
+        )
+        del layer.weight
+        layer.weight = weight
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.conv2d(F.relu(self.down(x)), self.up_weight(), None, 1, self.down.padding)
+
+
+def taps_norm_up(kernel: torch.Tensor) -> float:
+    """An upper bound on the ℓ2 norm of the zero-padded, stride-1 conv with `kernel` at any input size: the sum
+    over taps of each tap's Frobenius norm (each tap alone is a shifted, masked block-diagonal map)."""
+    total = 0.0
+    for i in range(kernel.shape[2]):
+        for j in range(kernel.shape[3]):
+            total = up(total + norm_up(kernel[:, :, i, j]))
+    return total
+
+
+def sll_conv_bound(layer: SLLConv2d, input_shape: Sequence[int]) -> float:
+    """`sll_bound` for the conv layer at `input_shape`: the same two terms, with the convs' sound norms at that
+    shape for ‖T^{1/2}W‖ and ‖W‖, and `taps_norm_up` for the conv of V − (−2WᵀT)'s kernel and of rounding."""
+    w = layer.down.weight.detach().double().cpu()
+    t = layer.scale().detach().double().cpu()
+    v = layer.up_weight().detach().double().cpu()
+    if not bool(torch.isfinite(t).all() and (t >= 0).all()):
+        return float("inf")
+    padding = _pair(layer.down.padding)
+    g = t.sqrt()[:, None, None, None] * w  # T^{1/2}W's kernel: each entry within two roundings of its exact value
+    s = up(float(conv2d_sound_norm(g, input_shape, (1, 1), padding)) + up(4 * U64 * taps_norm_up(g)))
+    symmetric = max(1.0, up(up(2 * up(s * s)) - 1))
+    product = (-2 * w * t[:, None, None, None]).transpose(0, 1).flip(2, 3)  # exact for float32 weights
+    mismatch = v - product
+    rounding = up(up(taps_norm_up(mismatch) * (1 + 2 * U64)) + up(2 * U64 * taps_norm_up(product)))
+    return up(symmetric + up(rounding * float(conv2d_sound_norm(w, input_shape, (1, 1), padding))))
+
+
+class SLLConvBound(LayerBound):
+    """The conv layer's bound: the construction's 1 as the training estimate, `sll_conv_bound` as the sound one."""
+
+    def __init__(self, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+
+    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
+        return torch.tensor(CLAIMED_LIPSCHITZ, device=layer.down.weight.device)
+
+    def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            value = sll_conv_bound(layer, self.input_shape)
+        return torch.tensor(value, dtype=torch.float64, device=layer.down.weight.device)
+
+
+register_layer_rule(
+    SLLConv2d,
+    "residual",
+    branch=lambda layer: (layer.down, nn.ReLU(), layer.up()),
+    bound=lambda layer, shape, generator: SLLConvBound(shape),
+)
+
+
 def sll_dense_layers(features: int, depth: int, inner: int, classes: int) -> list[nn.Module]:
     """Flatten, `depth` SLL dense layers, and the row-normalised logit layer (SLL's LLN head)."""
     return [nn.Flatten(), *(SLLDense(features, inner) for _ in range(depth)), normalized_linear(features, classes)]
@@ -113,3 +212,15 @@ def sll_dense_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
     input's, at most 1024) and the LLN head. SLL's own nets add SLL convs before the dense layers."""
     features = math.prod(spec.input_shape)
     return sll_dense_layers(features, 4, min(2 * features, 1024), spec.num_classes)
+
+
+@register_architecture("SLL-S")
+def sll_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
+    """The 1-Lipschitz-layers comparison's ConvNet at size S (width 32) with SLL convs of full inner width."""
+    return comparison_conv_net(spec, 32, lambda channels, kernel, position: SLLConv2d(channels, channels, kernel))
+
+
+@register_architecture("SLL-XS")
+def sll_extra_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
+    """The same net at width 8, for CPU runs on small images."""
+    return comparison_conv_net(spec, 8, lambda channels, kernel, position: SLLConv2d(channels, channels, kernel))

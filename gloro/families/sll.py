@@ -113,6 +113,8 @@ class SLLConv2d(nn.Module):
 
     def __init__(self, channels: int, inner: int | None = None, kernel_size: int = 3) -> None:
         super().__init__()
+        if kernel_size % 2 == 0:  # an even kernel has no padding that keeps the size and makes Wᵀ a padded conv
+            raise ValueError(f"an SLL conv layer needs an odd kernel size, got {kernel_size}")
         inner = channels if inner is None else int(inner)
         self.down = nn.Conv2d(channels, inner, kernel_size, padding=kernel_size // 2)  # W and b
         self.log_q = nn.Parameter(torch.zeros(inner))

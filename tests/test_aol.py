@@ -65,7 +65,9 @@ def test_a_conv_layers_sound_bound_is_never_below_its_exact_norm_which_the_const
     shape = (channels_in, size, size)
     bound = bound_for(layer, shape)
     assert exact_conv_norm(layer, shape) <= float(bound.sound(layer))
-    assert exact_conv_norm(layer, shape) <= 1.0
+    # ≤ 1 in exact arithmetic; the computed float32 kernel is within a few roundings (rsqrt, products) of it, and
+    # with one input channel and a 1×1 kernel the construction is tight to 1e-7, inside float32's reach
+    assert exact_conv_norm(layer, shape) <= 1.0 + 16 * 2.0**-24
     assert float(bound.estimate(layer, 10)) == 1.0
 
 

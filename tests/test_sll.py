@@ -28,14 +28,17 @@ def computed_norm_slack(size: int) -> float:
     return 1 + 16 * size * 2.0**-53
 
 
-def largest_jacobian_norm(layer: SLLDense, features: int, points: int, seed: int) -> float:
-    """The largest ‖J(x)‖₂ of the layer at random points (float64), each computed one less its SVD's slack."""
+def largest_jacobian_norm(layer: nn.Module, shape: int | tuple[int, ...], points: int, seed: int) -> float:
+    """The largest ‖J(x)‖₂ of the layer at random inputs of `shape` (float64), each computed one less its SVD's
+    slack."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    size = math.prod(shape)
     generator = torch.Generator().manual_seed(seed)
     largest = 0.0
     for _ in range(points):
-        x = torch.randn(features, generator=generator, dtype=torch.float64) * 3
-        jacobian = torch.autograd.functional.jacobian(lambda v: layer(v[None])[0], x)
-        largest = max(largest, float(torch.linalg.matrix_norm(jacobian, 2)) / computed_norm_slack(features))
+        x = torch.randn(size, generator=generator, dtype=torch.float64) * 3
+        jacobian = torch.autograd.functional.jacobian(lambda v: layer(v.view(1, *shape)).flatten(), x)
+        largest = max(largest, float(torch.linalg.matrix_norm(jacobian, 2)) / computed_norm_slack(size))
     return largest
 
 
@@ -120,18 +123,6 @@ def test_an_sll_net_trained_on_digits_is_certified_soundly():
     assert_trained_certificates_survive_pgd(net, "sll", epochs=6, certified=20)
 
 
-def largest_conv_jacobian_norm(layer: SLLConv2d, shape: tuple[int, ...], points: int, seed: int) -> float:
-    """As `largest_jacobian_norm`, for a conv layer on inputs of `shape`."""
-    generator = torch.Generator().manual_seed(seed)
-    size = math.prod(shape)
-    largest = 0.0
-    for _ in range(points):
-        x = torch.randn(shape, generator=generator, dtype=torch.float64) * 3
-        jacobian = torch.autograd.functional.jacobian(lambda v: layer(v.view(1, *shape)).flatten(), x.flatten())
-        largest = max(largest, float(torch.linalg.matrix_norm(jacobian, 2)) / computed_norm_slack(size))
-    return largest
-
-
 @settings(max_examples=12, deadline=None)
 @given(
     channels=st.integers(1, 4),
@@ -149,7 +140,7 @@ def test_a_conv_layers_sound_bound_is_never_below_its_jacobian(channels, inner, 
         layer.log_q.normal_()
     shape = (channels, size, size)
     bound = float(bound_for(layer, shape).sound(layer))
-    assert largest_conv_jacobian_norm(layer, shape, points=10, seed=seed) <= bound
+    assert largest_jacobian_norm(layer, shape, points=10, seed=seed) <= bound
 
 
 def test_a_conv_construction_whose_t_is_too_large_gets_its_true_bound_not_one(monkeypatch):
@@ -160,7 +151,7 @@ def test_a_conv_construction_whose_t_is_too_large_gets_its_true_bound_not_one(mo
     honest = SLLConv2d.scale
     monkeypatch.setattr(SLLConv2d, "scale", lambda self: 10 * honest(self))  # the conv's T is looser than dense
     shape = (3, 4, 4)
-    jacobian = largest_conv_jacobian_norm(layer, shape, points=20, seed=1)
+    jacobian = largest_jacobian_norm(layer, shape, points=20, seed=1)
     assert jacobian > 1.5  # the layer is no longer 1-Lipschitz
     assert float(bound_for(layer, shape).sound(layer)) >= jacobian
     assert float(bound_for(layer, shape).estimate(layer, 10)) == 1.0  # the claim, for training only

@@ -20,7 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -m "not slurm"
+	$(PY) -m pytest -q -m "not slurm" -n auto --maxprocesses 4 --dist worksteal
 
 test-slurm: $(STAMP)
 	$(PY) -m pytest -q -m slurm

@@ -1,4 +1,9 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files, and how the suite runs: its own cache folder, threads shared
+among the workers, the long tests first."""
+
+import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -15,6 +20,28 @@ from gloro.outward import gamma, unit_roundoff
 
 EPSILON = 0.3
 U32 = unit_roundoff(torch.float32)  # float32's unit roundoff, 2⁻²⁴
+
+
+# The suite's own cache folder (compiled loops, the power-iteration paths timed here, prepared data): what
+# the suite measures while its workers share the cores never steers a user's runs, and no test depends on
+# what earlier runs left in ~/.cache. Set once by the first process; xdist's workers and every pipeline job
+# the tests start inherit it.
+SUITE_CACHE = "GLORO_SUITE_CACHE"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if SUITE_CACHE not in os.environ:
+        folder = tempfile.mkdtemp(prefix="gloro-suite-cache-")
+        os.environ[SUITE_CACHE] = os.environ["XDG_CACHE_HOME"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # share the cores: each worker's torch threads on its share, not every core each
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the long tests (marked slow) first, so that the workers finish together, not one on the last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def gamma32(n: int) -> float:

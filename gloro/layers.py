@@ -1,6 +1,6 @@
 """Layers that GloRo Nets use beyond torch.nn (the MinMax, GroupSort-2, activation; a residual connection; a
-row-normalised logit layer; channel padding and selection), and the error for a layer that no Lipschitz bound is
-known for."""
+row-normalised logit layer; channel padding and selection; plain layers holding computed weights), and the error
+for a layer that no Lipschitz bound is known for."""
 
 from __future__ import annotations
 
@@ -82,6 +82,32 @@ class FirstChannels(nn.Module):
 
     def extra_repr(self) -> str:
         return str(self.channels)
+
+
+def computed_linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """An nn.Linear holding these tensors as its weight and bias, built without drawing weights: how a layer
+    that computes its weight (AOL's, SLL's) shows the bounds and certifiers the plain layer it computes."""
+    layer = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    return _holding(layer, weight, bias)
+
+
+def computed_conv(weight: torch.Tensor, bias: torch.Tensor | None = None, padding: int | tuple = 0) -> nn.Conv2d:
+    """A stride-1 nn.Conv2d holding these tensors as its kernel and bias (as `computed_linear`)."""
+    out_channels, in_channels, *kernel = weight.shape
+    layer = nn.utils.skip_init(
+        nn.Conv2d, in_channels, out_channels, tuple(kernel), padding=padding, bias=bias is not None, device="meta"
+    )
+    return _holding(layer, weight, bias)
+
+
+def _holding(layer: nn.Linear | nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None):
+    """`layer` with its (meta) parameters replaced by the given tensors, whose gradients reach their sources."""
+    del layer.weight
+    layer.weight = weight
+    if bias is not None:
+        del layer.bias
+        layer.bias = bias
+    return layer
 
 
 class UnsupportedLayerError(TypeError):

@@ -19,7 +19,7 @@ from torch import nn
 from gloro.architectures import ArchitectureSpec, register_architecture
 from gloro.families.conv_net import comparison_conv_net
 from gloro.layer_rules import ClaimedBound, register_layer_rule
-from gloro.layers import MinMax, normalized_linear
+from gloro.layers import MinMax, computed_conv, computed_linear, normalized_linear
 
 SAFETY = 1e-6  # added under the square root, as the authors do: it only shrinks d
 MAX_WIDTH = 1024  # AOL-D4's width on large inputs (a 64×64×3 image has 12,288 units)
@@ -40,11 +40,7 @@ class AOLDense(nn.Module):
 
     def as_linear(self) -> nn.Linear:
         """The nn.Linear this layer computes (built without drawing weights), for the certifiers."""
-        weight = self.rescaled_weight()
-        layer = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], device="meta")
-        del layer.weight, layer.bias
-        layer.weight, layer.bias = weight, self.raw.bias
-        return layer
+        return computed_linear(self.rescaled_weight(), self.raw.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.rescaled_weight(), self.raw.bias)
@@ -90,13 +86,7 @@ class AOLConv2d(nn.Module):
 
     def as_conv(self) -> nn.Conv2d:
         """The nn.Conv2d this layer computes (built without drawing weights), for the certifiers."""
-        weight = self.rescaled_weight()
-        layer = nn.utils.skip_init(
-            nn.Conv2d, weight.shape[1], weight.shape[0], weight.shape[2:], padding=self.raw.padding, device="meta"
-        )
-        del layer.weight, layer.bias
-        layer.weight, layer.bias = weight, self.raw.bias
-        return layer
+        return computed_conv(self.rescaled_weight(), self.raw.bias, self.raw.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.rescaled_weight(), self.raw.bias, 1, self.raw.padding)

@@ -17,7 +17,7 @@ from torch import nn
 
 from gloro.architectures import ArchitectureSpec, register_architecture
 from gloro.layer_rules import register_layer_rule
-from gloro.layers import MinMax, normalized_linear
+from gloro.layers import MinMax, computed_conv, normalized_linear
 
 
 class LiResConv(nn.Module):
@@ -51,12 +51,7 @@ class LiResConv(nn.Module):
 
     def as_conv(self) -> nn.Conv2d:
         """The nn.Conv2d this block computes (built without drawing weights), for the bounds and certifiers."""
-        weight = self.kernel()
-        channels = weight.shape[0]
-        layer = nn.utils.skip_init(nn.Conv2d, channels, channels, 3, padding=1, device="meta")
-        del layer.weight, layer.bias
-        layer.weight, layer.bias = weight, self.bias
-        return layer
+        return computed_conv(self.kernel(), self.bias, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.kernel(), self.bias, 1, 1)

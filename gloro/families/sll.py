@@ -21,7 +21,7 @@ from gloro.architectures import ArchitectureSpec, register_architecture
 from gloro.conv_norms import conv2d_sound_norm
 from gloro.families.conv_net import comparison_conv_net
 from gloro.layer_rules import register_layer_rule
-from gloro.layers import normalized_linear
+from gloro.layers import computed_conv, computed_linear, normalized_linear
 from gloro.lipschitz import LayerBound
 from gloro.outward import U64, norm_up, spectral_norm_upper, up
 
@@ -52,11 +52,7 @@ class SLLDense(nn.Module):
 
     def up(self) -> nn.Linear:
         """The branch's last layer: a bias-free nn.Linear holding `up_weight` (built without drawing weights)."""
-        weight = self.up_weight()
-        layer = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=False, device="meta")
-        del layer.weight
-        layer.weight = weight
-        return layer
+        return computed_linear(self.up_weight())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + F.linear(F.relu(self.down(x)), self.up_weight())
@@ -133,19 +129,7 @@ class SLLConv2d(nn.Module):
 
     def up(self) -> nn.Conv2d:
         """The branch's last layer: a bias-free nn.Conv2d holding `up_weight` (built without drawing weights)."""
-        weight = self.up_weight()
-        layer = nn.utils.skip_init(
-            nn.Conv2d,
-            weight.shape[1],
-            weight.shape[0],
-            weight.shape[2:],
-            padding=self.down.padding,
-            bias=False,
-            device="meta",
-        )
-        del layer.weight
-        layer.weight = weight
-        return layer
+        return computed_conv(self.up_weight(), padding=self.down.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + F.conv2d(F.relu(self.down(x)), self.up_weight(), None, 1, self.down.padding)

@@ -101,14 +101,16 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # GloRo and GloRo-T at four settings, KW at two, BCP at three, LiResNet + EMMA, AOL and SLL on CIFAR-10
-    expected = {"all": 1, "attack": 16, "bounds": 16, "certify": 16, "report": 1, "train": 16, "prepare_data": 3}
-    expected["time_steps"] = 16  # each trained net's step, timed beside GloRo's
-    assert counts == {**expected, "total": 85}  # mnist, cifar10 and tiny-imagenet are each prepared once
+    # GloRo and GloRo-T at four settings, KW at two, BCP at three; LiResNet + EMMA, AOL and SLL on CIFAR-10 and
+    # CIFAR-100
+    expected = {"all": 1, "attack": 19, "bounds": 19, "certify": 19, "report": 1, "train": 19, "prepare_data": 4}
+    expected["time_steps"] = 19  # each trained net's step, timed beside GloRo's
+    assert counts == {**expected, "total": 101}  # mnist, cifar10, cifar100 and tiny-imagenet each prepared once
     jobs = snakemake("-n", "--configfile", "config/paper.yaml", "--config", cache)
     assert jobs.returncode == 0, jobs.stderr
     planned = ("mnist_1_58_kw", "mnist_1_58_bcp", "cifar10_36_kw", "cifar10_36_bcp", "tiny_imagenet_36_bcp")
-    for baseline in (*planned, "cifar10_36_liresnet", "cifar10_36_aol", "cifar10_36_sll"):  # and the successors
+    successors = [f"{data}_36_{family}" for data in ("cifar10", "cifar100") for family in ("liresnet", "aol", "sll")]
+    for baseline in (*planned, *successors):
         assert f"experiment={baseline}" in jobs.stdout
     assert "experiment=tiny_imagenet_36_kw" not in jobs.stdout  # planned with the reason it cannot run
     assert "tiny_imagenet_36_kw is not run: the exact l2 KW dual" in jobs.stderr

@@ -6,6 +6,7 @@ tighter bound (`SoundConstants.certified_over_ball`); the proof is in docs/certi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,12 +26,17 @@ if TYPE_CHECKING:
 class _Ball:
     """What the walk over the balls knows at a layer's input, per row: the ℓ2 bound e on the float net's error
     there (anywhere on the ball), the sound bound L of the layers so far, which units can be nonzero somewhere
-    on the ball, and whether the float net could overflow."""
+    on the ball, and whether the float net could overflow. Between an affine layer and the next layer that
+    mixes units, e is also split: the last affine layer's own rounding per unit (`fresh`, B × units) and the
+    ℓ2 bound of the error it carried in (`carried`), so that a ReLU can drop the units it zeroes on the whole
+    ball and the head can weigh each unit's rounding by its own weights."""
 
     error: torch.Tensor
     lipschitz: float
     nonzero: torch.Tensor
     overflow: torch.Tensor
+    fresh: torch.Tensor | None = None
+    carried: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -53,11 +59,19 @@ def ball_pairs(model: RoundingModel, x: torch.Tensor, radius: torch.Tensor, pred
     h, state = _walk(model, model.steps, h, start, radius)
     h = h.flatten(1)
     reach = (2 * state.error + state.lipschitz * radius) * (1 + 4 * U64)
-    rho, _, fits = _rounding32(model, model.head, h, state.nonzero.flatten(1), reach)
-    overflow = state.overflow | ~fits | ~torch.isfinite(model.head.computed(h)).all(1)
+    logits = model.head.computed(h)
+    rho, _, fits = _rounding32(model, model.head, h, logits, state.nonzero.flatten(1), reach)
+    overflow = state.overflow | ~fits | ~torch.isfinite(logits).all(1)
     top = predictions.detach().cpu()
     rho = rho.masked_fill(overflow[:, None], math.inf)
-    feature = model.distances[top] * state.error.masked_fill(overflow, math.inf)[:, None]
+    feature = model.distances[top] * state.error[:, None]
+    if state.fresh is not None:  # |(w_j − w_i)·δ| ≤ |w_j − w_i|·fresh + ‖w_j − w_i‖·carried
+        weights = model.head.map.weight.flatten(1)
+        spread_out = (weights[top][:, None, :] - weights[None]).abs()  # exact: differences of float32 values
+        fresh = state.fresh.flatten(1)
+        weighed = torch.einsum("bmf,bf->bm", spread_out, fresh) * (1 + gamma(fresh.shape[1] + 2, U64))
+        feature = torch.minimum(feature, (weighed + model.distances[top] * state.carried[:, None]) * (1 + 4 * U64))
+    feature = feature.masked_fill(overflow[:, None], math.inf)
     pairs = (rho + rho.gather(1, top[:, None]) + feature) * (1 + 4 * U64)
     return pairs[:count].nan_to_num(nan=math.inf)
 
@@ -70,19 +84,28 @@ def _walk(model: RoundingModel, steps: list, h: torch.Tensor, state: _Ball, radi
         if isinstance(step, ResidualStep):
             h, state = _residual(model, step, h, state, radius)
         elif isinstance(step, nn.ReLU):  # ẑ(x′) ≤ ĉ + 2e + L·r per unit: ≤ 0 on the whole ball gives ±0
-            state = _with(state, nonzero=h > -spread(float32_up(reach), h))
+            state = _zeroed(state, h > -spread(float32_up(reach), h))
+            h = step(h)
+        elif isinstance(step, nn.Flatten):
+            fresh = None if state.fresh is None else step(state.fresh)
+            state = dataclasses.replace(state, nonzero=step(state.nonzero), fresh=fresh)
             h = step(h)
         elif not isinstance(step, AffineStep):  # an output can be nonzero where an input it reads can
-            state = _with(state, nonzero=rule_for(step).carry_error(step, state.nonzero.to(torch.uint8), h).bool())
+            nonzero = rule_for(step).carry_error(step, state.nonzero.to(torch.uint8), h).bool()
+            state = _Ball(state.error, state.lipschitz, nonzero, state.overflow)
             h = step(h)
         else:
-            _, norm, fits = _rounding32(model, step, h, state.nonzero, reach)
-            h = step.computed(h)
+            output = step.computed(h)
+            fresh, norm, fits = _rounding32(model, step, h, output, state.nonzero, reach)
+            carried = (step.norm * state.error) * (1 + 2 * U64)
+            h = output
             state = _Ball(
-                (step.norm * state.error + norm) * (1 + 4 * U64),
+                (carried + norm) * (1 + 4 * U64),
                 up(up(state.lipschitz * step.norm) * (1 + 2 * U64)),
                 torch.ones(1, dtype=torch.bool).expand(rows, *h.shape[1:]),
                 state.overflow | ~fits,
+                fresh,
+                carried,
             )
     return h, state
 
@@ -115,31 +138,47 @@ def _residual(model: RoundingModel, step: ResidualStep, h: torch.Tensor, state: 
     return total, _Ball(error, lipschitz, state.nonzero | out.nonzero, overflow)
 
 
-def _with(state: _Ball, nonzero: torch.Tensor) -> _Ball:
-    return _Ball(state.error, state.lipschitz, nonzero, state.overflow)
+def _zeroed(state: _Ball, nonzero: torch.Tensor) -> _Ball:
+    """`state` after a ReLU that is exactly zero on the whole ball outside `nonzero`, in both nets: the error of
+    each unit so zeroed is 0, so of the last affine layer's own rounding only the other units' stays (the
+    error carried in keeps its ℓ2 bound, which no ReLU increases)."""
+    if state.fresh is None:
+        return dataclasses.replace(state, nonzero=nonzero)
+    fresh = state.fresh * nonzero
+    error = torch.minimum(state.error, (state.carried + row_norms_up(fresh)) * (1 + 4 * U64))
+    return _Ball(error, state.lipschitz, nonzero, state.overflow, fresh, state.carried)
 
 
-def _rounding32(model: RoundingModel, step: AffineStep, centre: torch.Tensor, nonzero: torch.Tensor, reach):
-    """For each output v: an upper bound on γ_{n_v}·(|A_v||ĥ| + |b_v|) + underflow (float64, (B, outputs)),
-    the ℓ2 norm of those bounds per row (B,), and whether the row's computation is clear of overflow.
+def _rounding32(
+    model: RoundingModel, step: AffineStep, centre: torch.Tensor, output: torch.Tensor, nonzero: torch.Tensor, reach
+):
+    """For each output v: an upper bound on its rounding anywhere on the ball (float64, (B, outputs)), the ℓ2
+    norm of those bounds per row (B,), and whether the row's computation is clear of overflow.
 
-    |A_v||ĉ| + |b_v| runs in float32 and so do the products and sums after it; every operand is ≥ 0, so
-    the computed result is at least the exact one times (1 − u₃₂)^k less one smallest normal per operation,
-    k below fan-in + outputs + 16; one factor 1 + 2γ_k and an additive term put it back above.
+    An n_v-term sum with a bias, in any order, with or without FMA, is off by at most
+    (1 + γ_n)·u·(S + (n_v − 1)·M) plus underflow, S the sum of its terms' magnitudes and M = (S + |z|)/2 the
+    largest magnitude any partial sum can reach, z the exact sum (docs/certificates.md): on the ball
+    S ≤ |A_v||ĉ| + |b_v| + ‖A_v‖·R and |z| ≤ |ẑ_v| + γ_n·(|A_v||ĉ| + |b_v|) + ‖A_v‖·R, ẑ = `output`, the layer
+    as the net computed it at ĉ. These run in float32 and every operand is ≥ 0, so the computed result is at
+    least the exact one times (1 − u₃₂)^k less one smallest normal per operation, k below fan-in + outputs + 32;
+    one factor 1 + 2γ_k and an additive term put it back above.
     """
     u, n = unit_roundoff(model.dtype), step.fan_in
-    scale = step.magnitude32(centre.abs()) + step.reach32(float32_up(reach))
+    at_centre = step.magnitude32(centre.abs())
+    spread_over_ball = step.reach32(float32_up(reach))
+    scale = at_centre + spread_over_ball
     outputs = scale[0].numel()
-    # γ_{n_v} ≤ n_v·u/(1 − n·u) with n_v ≤ n the products that can be nonzero: n_v in float32 (exact),
-    # the constant applied in float64 below; without a count, n_v = n
+    exact_sum = output.detach().abs().float() + at_centre * float(float32_up(torch.tensor(gamma(n, u))))
+    partial = torch.minimum(scale, (at_centre + exact_sum) / 2 + spread_over_ball)
+    # n_v ≤ n the products that can be nonzero, plus the bias (exact in float32); without a count, n_v = n
     terms = None if bool(nonzero.all()) else step.terms(nonzero)
-    rounding = scale if terms is None else terms * scale
-    factor = (n if terms is None else 1) * u / (1 - n * u) if n * u < 0.5 else math.inf
-    k = n + outputs + 16
+    rounding = scale + ((n - 1) if terms is None else (terms - 1).clamp_min(0)) * partial
+    factor = u / (1 - n * u) if n * u < 0.5 else math.inf
+    k = n + outputs + 32
     inflate = (1 + 2 * gamma(k, U32)) * (1 + 8 * U64) * factor
     fits = scale.flatten(1).amax(1).double() * (2 * (1 + 2 * gamma(k, U32))) < torch.finfo(model.dtype).max
     flush = (2 * k + 2) * (TINY32 + torch.finfo(model.dtype).tiny) * (1 + min(float(scale.max()), 3e38))
-    per_output = rounding.double() * inflate + flush if step is model.head else None
+    per_output = rounding.double() * inflate + flush
     squares = math.sqrt(outputs * TINY32)  # squares flushed to zero in the norm's own sum
     norm = torch.linalg.vector_norm(rounding.flatten(1), dim=1).double() * inflate
     norm = norm + flush * math.sqrt(outputs) + squares

@@ -126,7 +126,11 @@ class RoundingModel:
         state = self._walk(self.steps, start, radius)
         lower, upper, centre, units = (t.flatten(1) for t in (state.lower, state.upper, state.centre, state.units))
         reach = state.centre_error + state.lipschitz * radius
-        rho, _, fits = self._rounding(self.head, lower, upper, centre, reach, state.norm_bound, state.error, units)
+        head = self.head
+        half = head.magnitude((upper - lower) / 2, bias=False)
+        slack = outward(head.magnitude((lower.abs() + upper.abs()) / 2) + half, head.fan_in)
+        largest = head.affine((lower + upper) / 2).abs() + half + slack
+        rho, _, fits = self._rounding(head, lower, upper, centre, reach, state.norm_bound, state.error, units, largest)
         overflow = state.overflow | ~fits | ~torch.isfinite(rho).all(1)
         rho = torch.nextafter(rho, torch.tensor(math.inf, dtype=torch.float64)).masked_fill(overflow[:, None], math.inf)
         return RegionError(rho, state.error.masked_fill(overflow, math.inf))
@@ -149,8 +153,12 @@ class RoundingModel:
         u = unit_roundoff(self.dtype)
         lower, upper, centre, norm_bound, error = state.lower, state.upper, state.centre, state.norm_bound, state.error
         reach = state.centre_error + state.lipschitz * radius  # ‖h(x′) − ĉ‖ ≤ reach on the region
+        middle = step.affine((lower + upper) / 2)
+        half = step.magnitude((upper - lower) / 2, bias=False)
+        slack = outward(step.magnitude((lower.abs() + upper.abs()) / 2) + half, step.fan_in)
+        largest = middle.abs() + half + slack  # of each exact output's magnitude on the region
         region = (lower, upper, centre, reach, norm_bound, error, state.units)
-        rounding_units, carried, fits = self._rounding(step, *region)
+        rounding_units, carried, fits = self._rounding(step, *region, largest)
         overflow = state.overflow | ~fits | ~torch.isfinite(rounding_units.flatten(1)).all(1)
         # or through norms: ‖|A||x̂| + |b|‖ ≤ ‖|A|‖·‖x̂‖ + ‖b over the outputs‖, and the underflow
         outputs = rounding_units[0].numel()
@@ -162,9 +170,6 @@ class RoundingModel:
         units = torch.minimum(units, spread(error, units))
         centre_terms = step.magnitude(centre.abs() + spread(state.centre_error, centre))
         centre_rounding = row_norms_up(outward(centre_terms, step.fan_in))
-        middle = step.affine((lower + upper) / 2)
-        half = step.magnitude((upper - lower) / 2, bias=False)
-        slack = outward(step.magnitude((lower.abs() + upper.abs()) / 2) + half, step.fan_in)
         lower, upper = middle - half - slack, middle + half + slack
         centre = step.affine(centre)
         centre_error = (step.norm * state.centre_error + centre_rounding) * (1 + 4 * U64)
@@ -219,10 +224,13 @@ class RoundingModel:
         norm_bound = torch.minimum(by_centre, row_norms_up(torch.maximum(lower.abs(), upper.abs())))
         return _Region(lower, upper, centre, units, error, centre_error, lipschitz, norm_bound, overflow)
 
-    def _rounding(self, step, lower, upper, centre, reach, norm_bound, error, units):
-        """Per output v of `step` on the region: γ_n·(|A_v||x̂| + |b_v|) plus underflow, |A_v|·|ĥ − h|, and per
+    def _rounding(self, step, lower, upper, centre, reach, norm_bound, error, units, largest):
+        """Per output v of `step` on the region: a bound on its rounding plus underflow, |A_v|·|ĥ − h|, and per
         row whether every |A_v||x̂| + |b_v| stays below half the largest finite number (no overflow).
 
+        The rounding of an n_v-term sum is at most (1 + γ_n)·u·(S + (n_v − 1)·M) (docs/certificates.md), S a
+        bound on |A_v||x̂| + |b_v| and M = min(S, (S + Z)/2) on the largest partial sum, Z a bound on
+        |A_v x̂ + b_v|: `largest` (each exact output's magnitude on the region) plus |A_v||x̂ − h|.
         |x̂| ≤ |h| + |ĥ − h|. |A_v||h| is the least of |A_v| times each unit's largest |h| (interval, |ĉ| + reach,
         ‖h‖), of |A_v||ĉ| + ‖A_v‖·reach and of ‖A_v‖·‖h‖ (Cauchy–Schwarz: the region moves all units at once
         by at most `reach` in ℓ2, not each by `reach`); |A_v||ĥ − h| the lesser of |A_v|·units and ‖A_v‖·error.
@@ -238,13 +246,16 @@ class RoundingModel:
         if by_error is not None:
             carried = torch.minimum(carried, by_error)
         scale = (scale + carried) * (1 + 2 * U64)  # |A||x̂| + |b| per output
+        partial = torch.minimum(scale, (scale + largest + carried) / 2 * (1 + 4 * U64))
         fits = scale.flatten(1).amax(1) * 2 < torch.finfo(self.dtype).max  # NaN or inf: False
         u = unit_roundoff(self.dtype)
         terms = step.terms((lower != 0) | (upper != 0) | (units != 0))
-        if terms is None or u * step.fan_in >= 0.5:
+        count = torch.full_like(scale[:1], float(step.fan_in)) if terms is None else terms
+        if u * step.fan_in >= 0.5:  # γ_n·S (infinite from n·u ≥ 1)
             rounding = gamma(step.fan_in, u) * scale * (1 + 4 * U64)
-        else:  # γ_n per output, n·u < 1/2: nu/(1 − nu) with its three roundings covered
-            rounding = (terms * u) / (1 - terms * u) * (1 + 8 * U64) * scale * (1 + 4 * U64)
+        else:  # (1 + γ_n)·u = u/(1 − nu), n·u < 1/2, with its roundings covered
+            sums = (scale + (count - 1).clamp_min(0) * partial) * (1 + 4 * U64)
+            rounding = sums * u / (1 - count * u) * (1 + 8 * U64)
         return rounding + spread(self._underflow(step, norm_bound, error), rounding), carried, fits
 
     def _underflow(self, step, norm_bound, error) -> torch.Tensor:

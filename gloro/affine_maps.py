@@ -76,7 +76,7 @@ class AffineMap:
     def nonzero_terms(self, nonzero: torch.Tensor) -> torch.Tensor | None:
         """Per output, how many of its products can be nonzero given which inputs can (plus the bias), counted
         in float32 (exact below 2²⁴); None where the fan-in is taken as it is."""
-        return self.apply(nonzero.float(), self.used, None).double() + (self.bias is not None)
+        return self.apply(nonzero.float(), self.used, None) + float(self.bias is not None)
 
     def per_output(self, values: torch.Tensor) -> torch.Tensor:
         """Per-output-channel values shaped to broadcast against a batch of outputs."""

@@ -35,8 +35,28 @@ class _Ball:
     lipschitz: float
     nonzero: torch.Tensor
     overflow: torch.Tensor
-    fresh: torch.Tensor | None = None
+    fresh: _Fresh | None = None
     carried: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """One affine layer's own rounding per output: at most `units`·`inflate` + `flush` each, `units` in float32
+    (B, outputs...) so that masking and norms over a conv layer's many outputs stay in float32."""
+
+    units: torch.Tensor
+    inflate: float
+    flush: float
+
+    def norm(self) -> torch.Tensor:
+        """An upper bound on the ℓ2 norm of the per-output bounds, per row (B,) in float64: the float32 norm's
+        own rounding is within `inflate` (its sum counted among the operations), its flushed squares added."""
+        outputs = self.units[0].numel()
+        norm = torch.linalg.vector_norm(self.units.flatten(1), dim=1).double() * self.inflate
+        return (norm + self.flush * math.sqrt(outputs) + math.sqrt(outputs * TINY32)) * (1 + 4 * U64)
+
+    def per_output(self) -> torch.Tensor:
+        return self.units.double() * self.inflate + self.flush
 
 
 @torch.no_grad()
@@ -60,7 +80,8 @@ def ball_pairs(model: RoundingModel, x: torch.Tensor, radius: torch.Tensor, pred
     h = h.flatten(1)
     reach = (2 * state.error + state.lipschitz * radius) * (1 + 4 * U64)
     logits = model.head.computed(h)
-    rho, _, fits = _rounding32(model, model.head, h, logits, state.nonzero.flatten(1), reach)
+    own, fits = _rounding32(model, model.head, h, logits, state.nonzero.flatten(1), reach)
+    rho = own.per_output()
     overflow = state.overflow | ~fits | ~torch.isfinite(logits).all(1)
     top = predictions.detach().cpu()
     rho = rho.masked_fill(overflow[:, None], math.inf)
@@ -68,7 +89,7 @@ def ball_pairs(model: RoundingModel, x: torch.Tensor, radius: torch.Tensor, pred
     if state.fresh is not None:  # |(w_j − w_i)·δ| ≤ |w_j − w_i|·fresh + ‖w_j − w_i‖·carried
         weights = model.head.map.weight.flatten(1)
         spread_out = (weights[top][:, None, :] - weights[None]).abs()  # exact: differences of float32 values
-        fresh = state.fresh.flatten(1)
+        fresh = state.fresh.per_output().flatten(1)
         weighed = torch.einsum("bmf,bf->bm", spread_out, fresh) * (1 + gamma(fresh.shape[1] + 2, U64))
         feature = torch.minimum(feature, (weighed + model.distances[top] * state.carried[:, None]) * (1 + 4 * U64))
     feature = feature.masked_fill(overflow[:, None], math.inf)
@@ -87,7 +108,7 @@ def _walk(model: RoundingModel, steps: list, h: torch.Tensor, state: _Ball, radi
             state = _zeroed(state, h > -spread(float32_up(reach), h))
             h = step(h)
         elif isinstance(step, nn.Flatten):
-            fresh = None if state.fresh is None else step(state.fresh)
+            fresh = None if state.fresh is None else dataclasses.replace(state.fresh, units=step(state.fresh.units))
             state = dataclasses.replace(state, nonzero=step(state.nonzero), fresh=fresh)
             h = step(h)
         elif not isinstance(step, AffineStep):  # an output can be nonzero where an input it reads can
@@ -96,11 +117,11 @@ def _walk(model: RoundingModel, steps: list, h: torch.Tensor, state: _Ball, radi
             h = step(h)
         else:
             output = step.computed(h)
-            fresh, norm, fits = _rounding32(model, step, h, output, state.nonzero, reach)
+            fresh, fits = _rounding32(model, step, h, output, state.nonzero, reach)
             carried = (step.norm * state.error) * (1 + 2 * U64)
             h = output
             state = _Ball(
-                (carried + norm) * (1 + 4 * U64),
+                (carried + fresh.norm()) * (1 + 4 * U64),
                 up(up(state.lipschitz * step.norm) * (1 + 2 * U64)),
                 torch.ones(1, dtype=torch.bool).expand(rows, *h.shape[1:]),
                 state.overflow | ~fits,
@@ -144,16 +165,16 @@ def _zeroed(state: _Ball, nonzero: torch.Tensor) -> _Ball:
     error carried in keeps its ℓ2 bound, which no ReLU increases)."""
     if state.fresh is None:
         return dataclasses.replace(state, nonzero=nonzero)
-    fresh = state.fresh * nonzero
-    error = torch.minimum(state.error, (state.carried + row_norms_up(fresh)) * (1 + 4 * U64))
+    fresh = dataclasses.replace(state.fresh, units=state.fresh.units * nonzero)
+    error = torch.minimum(state.error, (state.carried + fresh.norm()) * (1 + 4 * U64))
     return _Ball(error, state.lipschitz, nonzero, state.overflow, fresh, state.carried)
 
 
 def _rounding32(
     model: RoundingModel, step: AffineStep, centre: torch.Tensor, output: torch.Tensor, nonzero: torch.Tensor, reach
 ):
-    """For each output v: an upper bound on its rounding anywhere on the ball (float64, (B, outputs)), the ℓ2
-    norm of those bounds per row (B,), and whether the row's computation is clear of overflow.
+    """For each output v, a bound on its rounding anywhere on the ball (`_Fresh`), and per row whether the
+    computation is clear of overflow.
 
     An n_v-term sum with a bias, in any order, with or without FMA, is off by at most
     (1 + γ_n)·u·(S + (n_v − 1)·M) plus underflow, S the sum of its terms' magnitudes and M = (S + |z|)/2 the
@@ -168,18 +189,16 @@ def _rounding32(
     spread_over_ball = step.reach32(float32_up(reach))
     scale = at_centre + spread_over_ball
     outputs = scale[0].numel()
-    exact_sum = output.detach().abs().float() + at_centre * float(float32_up(torch.tensor(gamma(n, u))))
-    partial = torch.minimum(scale, (at_centre + exact_sum) / 2 + spread_over_ball)
-    # n_v ≤ n the products that can be nonzero, plus the bias (exact in float32); without a count, n_v = n
+    # M ≤ (|A_v||ĉ| + |b_v| + |ẑ_v| + γ_n·(|A_v||ĉ| + |b_v|))/2 + ‖A_v‖·R, and M ≤ S; in place, on |ẑ|
+    partial = output.detach().float().abs().add_(at_centre, alpha=1 + float(float32_up(torch.tensor(gamma(n, u)))))
+    partial = torch.minimum(scale, partial.mul_(0.5).add_(spread_over_ball))
+    # n_v ≤ n the products that can be nonzero, plus the bias (exact in float32); without a count, n_v = n. An
+    # output with nothing nonzero has n_v − 1 = −1, and S − M ≥ 0 still bounds its exact zero
     terms = None if bool(nonzero.all()) else step.terms(nonzero)
-    rounding = scale + ((n - 1) if terms is None else (terms - 1).clamp_min(0)) * partial
+    rounding = scale + (n - 1) * partial if terms is None else torch.addcmul(scale, terms - 1, partial)
     factor = u / (1 - n * u) if n * u < 0.5 else math.inf
     k = n + outputs + 32
     inflate = (1 + 2 * gamma(k, U32)) * (1 + 8 * U64) * factor
     fits = scale.flatten(1).amax(1).double() * (2 * (1 + 2 * gamma(k, U32))) < torch.finfo(model.dtype).max
     flush = (2 * k + 2) * (TINY32 + torch.finfo(model.dtype).tiny) * (1 + min(float(scale.max()), 3e38))
-    per_output = rounding.double() * inflate + flush
-    squares = math.sqrt(outputs * TINY32)  # squares flushed to zero in the norm's own sum
-    norm = torch.linalg.vector_norm(rounding.flatten(1), dim=1).double() * inflate
-    norm = norm + flush * math.sqrt(outputs) + squares
-    return per_output, norm * (1 + 4 * U64), fits
+    return _Fresh(rounding, inflate, flush), fits

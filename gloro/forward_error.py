@@ -250,7 +250,7 @@ class RoundingModel:
         fits = scale.flatten(1).amax(1) * 2 < torch.finfo(self.dtype).max  # NaN or inf: False
         u = unit_roundoff(self.dtype)
         terms = step.terms((lower != 0) | (upper != 0) | (units != 0))
-        count = torch.full_like(scale[:1], float(step.fan_in)) if terms is None else terms
+        count = torch.full_like(scale[:1], float(step.fan_in)) if terms is None else terms.double()
         if u * step.fan_in >= 0.5:  # γ_n·S (infinite from n·u ≥ 1)
             rounding = gamma(step.fan_in, u) * scale * (1 + 4 * U64)
         else:  # (1 + γ_n)·u = u/(1 − nu), n·u < 1/2, with its roundings covered

@@ -1,5 +1,7 @@
 """Methods as a config axis: KW and BCP train, certify and pass the audit on digits; their options are checked."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -142,47 +144,31 @@ def registry(monkeypatch):
     return module
 
 
-def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_without_editing_gloro(registry):
-    """The extension point: a `Method` subclass in the user's own module, with options of its own, found by
-    name by the config, the training loop (its schedule recorded in the history) and the table order."""
-    from dataclasses import dataclass
+def test_a_method_registered_from_outside_the_package_trains_and_is_tabled_without_editing_gloro(registry, monkeypatch):
+    """The extension point: a `Method` subclass in the user's own module (tests/plugins/tempered.py, which the
+    pipeline test also runs to Table 1), with options of its own, found by name by the config, the training
+    loop (its schedule recorded in the history) and the table order."""
+    import runpy
 
     import gloro
     from gloro.bench.stages import recipe_settings
     from gloro.data import load_digits
-    from gloro.methods import Method, register_method, table_labels
-    from gloro.methods.options import schedule_option
-    from gloro.schedules import Schedule
+    from gloro.methods import table_labels
 
+    # executed afresh, so that its @register_method fills the registry this test restores afterwards
+    tempered = runpy.run_path(str(Path(__file__).with_name("plugins") / "tempered.py"))["Tempered"]
     calls = []
+    objective = tempered.objective
 
-    @dataclass(frozen=True)
-    class TemperedOptions:
-        temperature: Schedule = schedule_option(1.0, "divides the logits")
+    def spied(self, net, x, y, recipe, values):
+        calls.append(values["temperature"])
+        return objective(self, net, x, y, recipe, values)
 
-    @register_method
-    class TemperedCrossEntropy(Method):
-        name = "tempered"
-        losses = ("tempered_ce",)
-        labels = ("Tempered",)
-        certifier = "global"
-        options_class = TemperedOptions
-        order = 50
-        schedule_columns = ("temperature",)
-
-        def epoch_values(self, recipe, epoch):
-            return {"temperature": recipe.options.temperature(epoch)}
-
-        def objective(self, net, x, y, recipe, values):
-            calls.append(values["temperature"])
-            logits = net(x)
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1] / values["temperature"], y)
-            return loss, logits[:, :-1], logits.argmax(1) == y
-
+    monkeypatch.setattr(tempered, "objective", spied)
     temperature = {"kind": "linear", "start": 1.0, "end": 3.0, "epochs": 2}
     settings = {**SETTINGS, "train_epsilon": 0.3, "epochs": 2, "method": "tempered"}
     experiment = Experiment.from_config("t", {**settings, "options": {"temperature": temperature}})
-    assert experiment.loss == "tempered_ce" and experiment.label == "Tempered" and experiment.certifiers == ("global",)
+    assert experiment.loss == "tempered" and experiment.label == "Tempered" and experiment.certifiers == ("global",)
     labels = table_labels()  # order 50: after the paper's methods and EMMA (30), before AOL (55)
     assert labels.index("EMMA") + 1 == labels.index("Tempered") == labels.index("AOL") - 1
     assert recipe_settings(experiment.recipe())["options"] == {"temperature": temperature}  # recorded as given

@@ -92,7 +92,7 @@ def test_method_options_are_checked_when_the_config_is_read(change, message):
 def test_every_method_names_a_registered_certifier_and_its_table_labels():
     from gloro.certify import list_certifiers
 
-    assert list_methods() == ["gloro", "kw", "bcp", "emma", "aol", "sll"]
+    assert list_methods() == ["gloro", "kw", "bcp", "emma", "aol", "sll", "cpl"]
     for name in list_methods():
         method = get_method(name)
         assert method.certifier in list_certifiers() and len(method.labels) == len(method.losses)

@@ -2,6 +2,6 @@
 rules (with bounds proven from the trained weights, never the construction's claim) and its architectures.
 Importing this package registers them; their training methods are in `gloro.methods`."""
 
-from gloro.families import aol, liresnet, sll
+from gloro.families import aol, cpl, liresnet, sll
 
-__all__ = ["aol", "liresnet", "sll"]
+__all__ = ["aol", "cpl", "liresnet", "sll"]

@@ -73,3 +73,14 @@ class AOLMethod(OffsetMethod):
     labels = ("AOL",)
     order = 55
     reference = "Prach & Lampert, ECCV 2022; recipe of Prach et al., CVPR 2024 (1LLC)"
+
+
+@register_method
+class CPLMethod(OffsetMethod):
+    """CPL (Meunier, Delattre, Araujo & Allauzen, ICML 2022) on nets of `gloro.families.cpl` layers."""
+
+    name = "cpl"
+    losses = ("cpl",)
+    labels = ("CPL",)
+    order = 65
+    reference = "Meunier, Delattre, Araujo & Allauzen, ICML 2022; recipe of Prach et al., CVPR 2024 (1LLC)"

@@ -4,7 +4,7 @@ A certificate promises the prediction for the net as it computes in float32 with
 in any order* (docs/certificates.md). `adversarial_sums` picks such an order, greedily, so that the rounding
 adds up in a chosen direction instead of cancelling as it does in the order a kernel happens to use. What it
 reaches is an error some legal computation really makes: a lower bound on the worst case, which any sound
-allowance must cover, and which shows how much of the allowance is the price of the promise.
+allowance must cover, and so a lower bound on how much of the allowance the promise itself costs.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ class AttackedMargin:
 @torch.no_grad()
 def attack_margins(net: GloroNet, x: torch.Tensor, window: int = 64) -> list[AttackedMargin]:
     """For each point of `x`, the margin to the exact runner-up class with the net's widest Linear layer (the
-    most inputs) summed in the order `adversarial_linear` picks against it, each output pushed the way that
-    lowers the margin (the sign of its gradient in float64), the rest of `net.model` as PyTorch computes it."""
+    most inputs among `net.model`'s top-level layers) summed in the order `adversarial_linear` picks against it,
+    each output pushed the way that lowers the margin (the sign of its gradient in float64), the rest of
+    `net.model` as PyTorch computes it."""
     layers = list(net.model)
     linear = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear)]
     widest = max(linear, key=lambda i: layers[i].in_features)

@@ -3,9 +3,9 @@ h(x) = x − (2/(σ̂² + 10⁻⁴))·Wᵀσ(Wx + b), σ = ReLU, 1-Lipschitz in 
 
 The layer takes σ̂ from power iteration (one step per training forward pass, persisted, as its authors run it;
 they run 100 more at evaluation, this layer keeps the trained estimate), an estimate from below, so the
-construction's 1 can fail. The certificate does not take it: the bound is SLL's
-(`gloro.families.sll.sll_bound`, CPL being SLL with T = I/‖W‖²) of the weights and the norm estimate the layer
-really computes with, and Table 1 flags a claimed 1 below it.
+construction's 1 can fail. The certificate does not take it: the bound is SLL's (`gloro.families.sll.SLLBound`,
+CPL being SLL with T = I/(σ̂² + 10⁻⁴)) of the weights and the σ̂ the layer really computes with, and Table 1
+flags a claimed 1 below it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gloro.architectures import ArchitectureSpec, register_architecture
-from gloro.families.sll import CLAIMED_LIPSCHITZ, sll_bound
+from gloro.families.sll import SLLBound
 from gloro.layer_rules import register_layer_rule
 from gloro.layers import computed_linear, normalized_linear
-from gloro.lipschitz import LayerBound
 
 
 class CPLDense(nn.Module):
@@ -63,23 +62,11 @@ class CPLDense(nn.Module):
         return output
 
 
-class CPLBound(LayerBound):
-    """CPL's bound: the construction's 1 as the training estimate, `sll_bound` of the weights as the sound one."""
-
-    def estimate(self, layer: nn.Module, iterations: int) -> torch.Tensor:
-        return torch.tensor(CLAIMED_LIPSCHITZ, device=layer.down.weight.device)
-
-    def sound(self, layer: nn.Module, fast: bool = False) -> torch.Tensor:
-        with torch.no_grad():
-            value = sll_bound(layer.down.weight, layer.scale(), layer.up_weight())
-        return torch.tensor(value, dtype=torch.float64, device=layer.down.weight.device)
-
-
 register_layer_rule(
     CPLDense,
     "residual",
     branch=lambda layer: (layer.down, nn.ReLU(), layer.up()),
-    bound=lambda layer, shape, generator: CPLBound(),
+    bound=lambda layer, shape, generator: SLLBound(),  # down, scale() and up_weight() as SLL's layer has them
 )
 
 

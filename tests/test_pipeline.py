@@ -101,11 +101,11 @@ def test_a_dry_run_of_the_paper_config_lists_every_job(tmp_path):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # GloRo and GloRo-T at four settings, KW at two, BCP at three; LiResNet + EMMA, AOL and SLL on CIFAR-10 and
-    # CIFAR-100
-    expected = {"all": 1, "attack": 19, "bounds": 19, "certify": 19, "report": 1, "train": 19, "prepare_data": 4}
-    expected["time_steps"] = 19  # each trained net's step, timed beside GloRo's
-    assert counts == {**expected, "total": 101}  # mnist, cifar10, cifar100 and tiny-imagenet each prepared once
+    # GloRo and GloRo-T at four settings, KW at two, BCP at three; LiResNet + EMMA, AOL, SLL and CPL on CIFAR-10
+    # and CIFAR-100
+    expected = {"all": 1, "attack": 21, "bounds": 21, "certify": 21, "report": 1, "train": 21, "prepare_data": 4}
+    expected["time_steps"] = 21  # each trained net's step, timed beside GloRo's
+    assert counts == {**expected, "total": 111}  # mnist, cifar10, cifar100 and tiny-imagenet each prepared once
     jobs = snakemake("-n", "--configfile", "config/paper.yaml", "--config", cache)
     assert jobs.returncode == 0, jobs.stderr
     planned = ("mnist_1_58_kw", "mnist_1_58_bcp", "cifar10_36_kw", "cifar10_36_bcp", "tiny_imagenet_36_bcp")

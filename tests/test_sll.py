@@ -172,5 +172,5 @@ def test_an_sll_conv_net_trained_on_digits_is_certified_soundly():
     assert_trained_certificates_survive_pgd(net, "sll", epochs=3, certified=20, learning_rate=0.01)
 
 
-def sll_conv(channels: int, kernel: int, position: str) -> SLLConv2d:
+def sll_conv(channels: int, kernel: int, position: str, size: tuple[int, int]) -> SLLConv2d:
     return SLLConv2d(channels, channels, kernel)

@@ -117,7 +117,7 @@ def aol_conv_net(spec: ArchitectureSpec, width: int, per_block: int = 5) -> list
     """The 1-Lipschitz-layers comparison's ConvNet (`comparison_conv_net`) with AOL convs: square convs start at
     the identity, the first and last 1×1 convs orthogonal, as theirs."""
 
-    def conv(channels: int, kernel: int, position: str) -> nn.Module:
+    def conv(channels: int, kernel: int, position: str, size: tuple[int, int]) -> nn.Module:
         return AOLConv2d(channels, channels, kernel, start="dirac" if position == "block" else "orthogonal")
 
     return comparison_conv_net(spec, width, conv, per_block)

@@ -203,10 +203,10 @@ def sll_dense_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
 @register_architecture("SLL-S")
 def sll_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
     """The 1-Lipschitz-layers comparison's ConvNet at size S (width 32) with SLL convs of full inner width."""
-    return comparison_conv_net(spec, 32, lambda channels, kernel, position: SLLConv2d(channels, channels, kernel))
+    return comparison_conv_net(spec, 32, lambda channels, kernel, position, size: SLLConv2d(channels, channels, kernel))
 
 
 @register_architecture("SLL-XS")
 def sll_extra_small(spec: ArchitectureSpec) -> Sequence[nn.Module]:
     """The same net at width 8, for CPU runs on small images."""
-    return comparison_conv_net(spec, 8, lambda channels, kernel, position: SLLConv2d(channels, channels, kernel))
+    return comparison_conv_net(spec, 8, lambda channels, kernel, position, size: SLLConv2d(channels, channels, kernel))

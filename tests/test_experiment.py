@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import gloro
-from gloro.bench import stages
 from gloro.bench.experiment import DataOptions, Experiment
 from gloro.bench.machine import cpu_name
 from gloro.bench.stages import (
@@ -16,6 +15,7 @@ from gloro.bench.stages import (
     read_certificates,
     train_experiment,
 )
+from gloro.bench.stages import train as train_stage
 
 SETTINGS = {
     "dataset": "digits",
@@ -40,7 +40,7 @@ def test_unknown_or_missing_keys_are_named():
 def test_warm_up_epochs_run_plain_cross_entropy_before_gloro_training(tmp_path):
     experiment = Experiment.from_config("warm", {**SETTINGS, "warmup_epochs": 2})
     summary = train_experiment(experiment, tmp_path, DataOptions(), torch.device("cpu"), progress=False)
-    assert summary["warmup"]["epochs"] == 2 and summary["epochs"] == 2
+    assert summary.warmup["epochs"] == 2 and summary.epochs == 2
     recorded = json.loads((tmp_path / "train.json").read_text())
     assert recorded["warmup"]["epochs"] == 2
     assert not (tmp_path / "scratch.pt").exists()  # removed once training finished
@@ -53,20 +53,20 @@ def test_warm_up_epochs_run_plain_cross_entropy_before_gloro_training(tmp_path):
 def test_a_job_killed_after_its_warm_up_resumes_without_warming_up_again(tmp_path, monkeypatch):
     experiment = Experiment.from_config("warm", {**SETTINGS, "warmup_epochs": 1})
     warm_ups = []
-    original = stages.warm_up
-    monkeypatch.setattr(stages, "warm_up", lambda *args: warm_ups.append(1) or original(*args))
+    original = train_stage.warm_up
+    monkeypatch.setattr(train_stage, "warm_up", lambda *args: warm_ups.append(1) or original(*args))
 
     def killed(*args):
         raise KeyboardInterrupt  # after the last epoch's scratch file was written, before the outputs
 
     with monkeypatch.context() as patch:
-        patch.setattr(stages, "write_csv", killed)
+        patch.setattr(train_stage, "write_csv", killed)
         with pytest.raises(KeyboardInterrupt):
             train_experiment(experiment, tmp_path, DataOptions(), torch.device("cpu"), progress=False)
     assert (tmp_path / "scratch.pt").is_file() and (tmp_path / "warmup.json").is_file()
     summary = train_experiment(experiment, tmp_path, DataOptions(), torch.device("cpu"), progress=False)
     assert warm_ups == [1]
-    assert summary["warmup"]["epochs"] == 1 and summary["epochs"] == 2
+    assert summary.warmup["epochs"] == 1 and summary.epochs == 2
     assert not (tmp_path / "scratch.pt").exists() and not (tmp_path / "warmup.json").exists()
 
 
@@ -79,16 +79,16 @@ def test_the_evaluation_stages_use_the_configs_eval_epsilon_and_say_so(tmp_path)
     attacked = attack_experiment(changed, tmp_path, DataOptions(), cpu, {"steps": 3, "restarts": 1, "step_size": None})
     bounds = bounds_experiment(changed, tmp_path, DataOptions(), cpu, points=8, tightness_steps=2, tightness_pairs=2)
     for result in (certified, attacked, bounds):
-        assert result["eval_epsilon"] == 0.1 and result["eval_epsilon_from"] == "config"
-        assert result["checkpoint_eval_epsilon"] == 0.3
-    assert certified["epsilon"] == 0.1 and attacked["attack_settings"]["eps"] == 0.1
-    assert {row["epsilon"] for row in bounds["certifiers"]} == {0.1}
+        assert result.eval_epsilon == 0.1 and result.eval_epsilon_from == "config"
+        assert result.checkpoint_eval_epsilon == 0.3
+    assert certified.epsilon == 0.1 and attacked.attack_settings["eps"] == 0.1
+    assert {row["epsilon"] for row in bounds.certifiers} == {0.1}
     assert json.loads((tmp_path / "attack.json").read_text())["eval_epsilon"] == 0.1
     # each stage says where its time went
-    assert set(attacked["seconds"]) == {"pgd", "audits"} and attacked["seconds"]["pgd"] > 0
+    assert set(attacked.seconds) == {"pgd", "audits"} and attacked.seconds["pgd"] > 0
     # the audits' own times, summed (0 when PGD's examples covered every certified point)
-    assert attacked["seconds"]["audits"] == sum(audit["seconds"] for audit in attacked["audits"].values())
-    assert set(bounds["seconds"]) == {"tightness", "certifiers"} and all(v > 0 for v in bounds["seconds"].values())
+    assert attacked.seconds["audits"] == sum(audit["seconds"] for audit in attacked.audits.values())
+    assert set(bounds.seconds) == {"tightness", "certifiers"} and all(v > 0 for v in bounds.seconds.values())
 
 
 def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_path):
@@ -103,30 +103,30 @@ def test_autoattack_runs_beside_pgd_when_the_config_asks_and_is_recorded(tmp_pat
         experiment, tmp_path, DataOptions(), cpu, pgd, progress=False, autoattack=options, batch_size=7
     )
     # the evaluation's batch size reaches every attack: PGD, AutoAttack and each audit
-    assert result["audits"]
-    batch_sizes = [result["attack_settings"]["batch_size"], result["autoattack_settings"]["batch_size"]]
-    assert batch_sizes + [audit["settings"]["batch_size"] for audit in result["audits"].values()] == [7] * (
-        2 + len(result["audits"])
+    assert result.audits
+    batch_sizes = [result.attack_settings["batch_size"], result.autoattack_settings["batch_size"]]
+    assert batch_sizes + [audit["settings"]["batch_size"] for audit in result.audits.values()] == [7] * (
+        2 + len(result.audits)
     )
-    assert result["autoattack_points"] == 16 and 0 <= result["autoattack_accuracy"] <= 1
-    assert [c["steps"] for c in result["autoattack_settings"]["components"][:3]] == [5, 5, 5]
+    assert result.autoattack_points == 16 and 0 <= result.autoattack_accuracy <= 1
+    assert [c["steps"] for c in result.autoattack_settings["components"][:3]] == [5, 5, 5]
     without = attack_experiment(experiment, tmp_path, DataOptions(), cpu, pgd, progress=False)
-    assert "autoattack_accuracy" not in without
-    assert result["seconds"]["autoattack"] > 0 and "autoattack" not in without["seconds"]
-    assert 0 <= result["pgd_accuracy_on_autoattack_points"] <= 1  # PGD on the same 16 points, to compare with
+    assert without.autoattack_accuracy is None and without.autoattack_settings is None
+    assert result.seconds["autoattack"] > 0 and "autoattack" not in without.seconds
+    assert 0 <= result.pgd_accuracy_on_autoattack_points <= 1  # PGD on the same 16 points, to compare with
     # the points an audited certificate proves robust at their label count as robust without being attacked
     certificates = read_certificates(tmp_path / "certificates.csv", experiment.eval_epsilon)
     labels = DataOptions().load(experiment, "test").labels[:16]
     proven = torch.zeros(16, dtype=torch.bool)
     for certificate in certificates:
         proven |= certificate.certified[:16] & (certificate.predictions[:16] == labels)
-    assert result["autoattack_proven_not_attacked"] == int(proven.sum()) > 0
-    assert result["autoattack_accuracy"] >= float(proven.double().mean())
+    assert result.autoattack_proven_not_attacked == int(proven.sum()) > 0
+    assert result.autoattack_accuracy >= float(proven.double().mean())
     everything = attack_experiment(
         experiment, tmp_path, DataOptions(), cpu, pgd, progress=False, autoattack={**options, "attack_certified": True}
     )
-    assert everything["autoattack_proven_not_attacked"] == 0
-    assert everything["autoattack_accuracy"] >= float(proven.double().mean())  # the certificates hold under it too
+    assert everything.autoattack_proven_not_attacked == 0
+    assert everything.autoattack_accuracy >= float(proven.double().mean())  # the certificates hold under it too
 
 
 def test_the_cpu_provenance_names_the_kernels_instruction_set_and_the_thread_count():

@@ -36,8 +36,8 @@ def test_each_baseline_trains_certifies_and_survives_the_audit_on_digits(method,
     experiment = Experiment.from_config(f"digits_{method}", settings)
     device = torch.device("cpu")
     summary = train_experiment(experiment, tmp_path, DataOptions(), device, progress=False)
-    assert summary["method"]["name"] == method and summary["method"]["label"] == method.upper()
-    recipe = summary["method"]["recipe"]
+    assert summary.method["name"] == method and summary.method["label"] == method.upper()
+    recipe = summary.method["recipe"]
     assert recipe["loss"] == method and recipe["adam_epsilon"] == get_method(method).adam_epsilon
     assert recipe["epsilon"] == {
         "kind": "linear",
@@ -46,8 +46,8 @@ def test_each_baseline_trains_certifies_and_survives_the_audit_on_digits(method,
         "epochs": 4,
     }
     certified = certify_experiment(experiment, tmp_path, DataOptions(), device, radii=[0.0, 0.3], batch_size=256)
-    assert certified["certifier"] == method
-    rows = {row["certifier"]: row for row in certified["certificates"]}
+    assert certified.certifier == method
+    rows = {row["certifier"]: row for row in certified.certificates}
     assert set(rows) == {method, "global"}
     assert 0.5 <= rows[method]["vra"] <= rows[method]["clean_accuracy"]
     # never below the global Lipschitz bound; KW's polytope, which the net was trained for, far above it
@@ -56,12 +56,12 @@ def test_each_baseline_trains_certifies_and_survives_the_audit_on_digits(method,
     attacked = attack_experiment(
         experiment, tmp_path, DataOptions(), device, {"steps": 20, "restarts": 1, "step_size": None}
     )
-    assert set(attacked["audits"]) == {method, "global"}
-    assert all(audit["violations"] == 0 for audit in attacked["audits"].values())
-    assert attacked["audit"]["certifier"] == method and attacked["audit"]["certified"] == rows[method]["certified"]
-    assert attacked["pgd_accuracy"] >= rows[method]["vra"]  # PGD can only break points the bound leaves uncertified
+    assert set(attacked.audits) == {method, "global"}
+    assert all(audit["violations"] == 0 for audit in attacked.audits.values())
+    assert attacked.audit["certifier"] == method and attacked.audit["certified"] == rows[method]["certified"]
+    assert attacked.pgd_accuracy >= rows[method]["vra"]  # PGD can only break points the bound leaves uncertified
     # PGD on the labels was the audit's attack on the correctly classified certified points: checked, not rerun
-    for name, audit in attacked["audits"].items():
+    for name, audit in attacked.audits.items():
         assert 0 < audit["reused_from_earlier_attack"] <= audit["certified"]
         assert audit["reused_from_earlier_attack"] >= round(rows[name]["vra"] * rows[name]["num_points"])
 

@@ -146,7 +146,7 @@ def test_a_net_the_local_certifier_cannot_follow_gets_marked_cells_and_the_reaso
 
     row = {"num_points": 50, "vra": 0.5, "sec_per_point": 1e-4}
     reason = "local bounds follow a chain of layers, not a residual layer (Residual(...))"
-    bounds = {"certifiers": [{"certifier": "global", **row}], "unsupported": {"local": reason}}
+    bounds = {"certifiers": [{"certifier": "global", **row}], "unsupported": {"local": reason}, "tightness": {}}
     (tmp_path / "bounds.json").write_text(json.dumps(bounds))
     runs = pd.DataFrame(
         [{"experiment": "r", "eval_epsilon": 0.3, "forward_points_per_second": 1e5, "certify_points_per_second": 9e4}]

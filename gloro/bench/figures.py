@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from gloro.atomic import atomic_path
+from gloro.bench.results import BoundsResult
 from gloro.bench.run_files import RunReports
 
 
@@ -121,7 +121,7 @@ def plot_tightness(reports: Mapping[str, RunReports], stem: Path) -> None:
 
     names, tightest, median = [], [], []
     for name, files in reports.items():
-        tightness = json.loads(files.bounds.read_text())["tightness"]
+        tightness = BoundsResult.read(files.bounds).tightness
         names.append(name)
         tightest.append(tightness["min_sound_over_lower"])
         median.append(tightness["median_sound_over_lower"])

@@ -12,13 +12,8 @@ import pandas as pd
 from gloro.atomic import atomic_path, write_text
 from gloro.bench.figures import plot_epoch_cost, plot_tightness, plot_training_curves, plot_vra_by_radius
 from gloro.bench.run_files import ReportFiles, RunReports, stage_files
-from gloro.bench.tables import (
-    certification_cost,
-    certifier_comparison,
-    read_run,
-    table1,
-    vra_by_radius,
-)
+from gloro.bench.runs import read_run
+from gloro.bench.tables import certification_cost, certifier_comparison, table1, vra_by_radius
 from gloro.bench.views import (
     comparison_caption,
     comparison_view,

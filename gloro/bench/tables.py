@@ -1,103 +1,22 @@
-"""The tidy tables of results/ as data frames: the runs, VRA by radius, certification cost, the certifier
-comparison and Table 1 beside the published numbers.
+"""The tidy tables of results/ as data frames: VRA by radius, certification cost, the certifier comparison and
+Table 1 beside the published numbers (runs.csv's rows are `gloro.bench.runs`).
 
-Every table is a view of the per-run outputs (train.json, history.csv, certify.json, attack.json); the
+Every table is a view of the per-run outputs (history.csv and the stages' records, `gloro.bench.results`); the
 authors' numbers come from one file with a source column (workflow/resources/published.csv), and a cell
 the project cannot source stays empty.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import pandas as pd
 
+from gloro.bench.results import BoundsResult, CertifyResult
 from gloro.bench.run_files import RunReports
 from gloro.methods import COST_REFERENCE, get_method, list_methods, table_labels
 
 TABLE1_METRICS = ("clean", "pgd", "vra")
-
-
-def read_run(files: RunReports) -> tuple[dict, pd.DataFrame]:
-    """One experiment's row of runs.csv and its per-epoch history."""
-    train = json.loads(files.train.read_text())
-    certify = json.loads(files.certify.read_text())
-    attack = json.loads(files.attack.read_text())
-    history = pd.read_csv(files.history)
-    experiment, cost, best = train["experiment"], train["cost"], train["best_on_test"] or {}
-    steps = json.loads(files.steps.read_text()) if files.steps.is_file() else {}  # older run folders lack it
-    reference = steps.get("reference") or {}
-    training_epoch = cost.get("later_epochs_median_seconds") or cost["later_epochs_mean_seconds"]
-    audit, audits, certified = attack["audit"], attack["audits"], certify["global"]
-    method = get_method(experiment["method"])
-    row = {
-        "experiment": experiment["name"],
-        "dataset": experiment["dataset"],
-        "architecture": experiment["architecture"],
-        "activation": experiment["activation"],
-        "method": method.label(experiment["loss"]),
-        "certifier": certify["certifier"],
-        "train_epsilon": json.dumps(experiment["train_epsilon"]),
-        "eval_epsilon": experiment["eval_epsilon"],
-        "epochs": experiment["epochs"],
-        "batch_size": experiment["batch_size"],
-        "power_iterations": experiment["power_iterations"],
-        "augmentation": experiment["augmentation"],
-        "seed": experiment["seed"],
-        "subset": json.dumps(experiment["subset"]),
-        "clean_accuracy": certify["clean_accuracy"],
-        "vra": certify["vra"],
-        "rejection_rate": certify["rejection_rate"],
-        "pgd_accuracy": attack["pgd_accuracy"],
-        "autoattack_accuracy": attack.get("autoattack_accuracy"),
-        "autoattack_points": attack.get("autoattack_points"),
-        "autoattack_proven_not_attacked": attack.get("autoattack_proven_not_attacked"),
-        "pgd_accuracy_on_autoattack_points": attack.get("pgd_accuracy_on_autoattack_points"),
-        "test_examples": certify["num_examples"],
-        "cert_sec_per_point": certify["sec_per_point"],
-        "audited_points": audit["certified"],
-        "soundness_violations": sum(a["violations"] for a in audits.values()),
-        "audited_certifiers": ",".join(audits),
-        "best_on_test_epoch": best.get("epoch"),
-        "best_on_test_vra": best.get("vra"),
-        "best_on_test_clean_accuracy": best.get("clean_accuracy"),
-        "first_epoch_sec": cost["first_epoch_seconds"],
-        # the training step timed past the noise (steps.json); where a run folder lacks it, training's median
-        # later epoch (older runs: the mean)
-        "sec_per_epoch": steps.get("seconds_per_epoch") or training_epoch or cost["first_epoch_seconds"],
-        "sec_per_epoch_min": steps.get("seconds_per_epoch_min"),
-        "sec_per_epoch_max": steps.get("seconds_per_epoch_max"),
-        "sec_per_epoch_in_training": training_epoch,
-        "time_ratio_reference": reference.get("experiment"),
-        "reference_time_ratio": reference.get("time_ratio"),
-        "reference_time_ratio_low": reference.get("time_ratio_low"),
-        "reference_time_ratio_high": reference.get("time_ratio_high"),
-        "train_examples": train["data"]["examples"],
-        "train_images_per_second": cost["later_epochs_images_per_second"],
-        "peak_mem_mb": cost["peak_mem_mb"],
-        "peak_mem_source": cost["peak_mem_source"],
-        "global_vra": certified["vra"],
-        "global_vra_ignoring_rounding": certified.get("vra_ignoring_rounding"),
-        "global_vra_box_allowance": certified.get("vra_box_allowance"),
-        "global_vra_claimed": certified.get("vra_claimed"),
-        "rounding_offset_max": certified.get("rounding_offset_max"),
-        "lipschitz_power_iteration": certified["lipschitz_power_iteration"],
-        "lipschitz_sound": certified["lipschitz_sound"],
-        "lipschitz_sound_over_power": certified["lipschitz_ratio"],
-        "forward_points_per_second": certified["forward_points_per_second"],
-        "certify_points_per_second": certified["certify_points_per_second"],
-        "certify_slowdown": certified.get("certify_slowdown"),  # median of the rounds' certify ÷ forward time
-        "certify_slowdown_q1": certified.get("certify_slowdown_q1"),  # and its quartiles over the rounds
-        "certify_slowdown_q3": certified.get("certify_slowdown_q3"),
-        **{f"vra_{c['certifier']}": c["vra"] for c in certify["certificates"]},
-        **{f"sec_per_point_{c['certifier']}": c["sec_per_point"] for c in certify["certificates"]},
-        "method_settings": json.dumps(train["method"]["recipe"], sort_keys=True),
-        **train["provenance"],
-        "train_data_checksums": json.dumps(train["data"].get("sources", [])),
-        "attack_settings": json.dumps(attack["attack_settings"], sort_keys=True),
-    }
-    return row, history.assign(experiment=experiment["name"])
 
 
 def vra_by_radius(reports: Mapping[str, RunReports]) -> pd.DataFrame:
@@ -105,10 +24,9 @@ def vra_by_radius(reports: Mapping[str, RunReports]) -> pd.DataFrame:
     pass (KW and BCP decide one ε at a time, so their nets appear here by the global bound)."""
     rows = []
     for name, files in reports.items():
-        certify = json.loads(files.certify.read_text())
         rows += [
             {"experiment": name, "certifier": "global", "radius": r["radius"], "vra": r["vra"]}
-            for r in certify["global"]["vra_at_radii"]
+            for r in CertifyResult.read(files.certify).global_report["vra_at_radii"]
         ]
     return pd.DataFrame(rows, columns=["experiment", "certifier", "radius", "vra"])
 
@@ -118,8 +36,8 @@ def certification_cost(runs: pd.DataFrame, reports: Mapping[str, RunReports]) ->
     plain inference throughput, one row per experiment."""
     rows = []
     for _, run in runs.iterrows():
-        bounds = json.loads(reports[run["experiment"]].bounds.read_text())
-        compared = {row["certifier"]: row for row in bounds["certifiers"]}
+        bounds = BoundsResult.read(reports[run["experiment"]].bounds)
+        compared = {row["certifier"]: row for row in bounds.certifiers}
         # bounds_experiment runs both; the local one is left out of a net with a layer it cannot follow
         globally, local = compared["global"], compared.get("local", {})
         rows.append(
@@ -127,7 +45,7 @@ def certification_cost(runs: pd.DataFrame, reports: Mapping[str, RunReports]) ->
                 "experiment": run["experiment"],
                 "eval_epsilon": run["eval_epsilon"],
                 "points": globally["num_points"],
-                "local_unsupported": bounds.get("unsupported", {}).get("local"),
+                "local_unsupported": bounds.unsupported.get("local"),
                 "vra_global": globally["vra"],
                 "vra_local": local.get("vra"),
                 "certified_local_only": local.get("certified_not_by_first"),
@@ -169,7 +87,7 @@ def certifier_comparison(reports: Mapping[str, RunReports]) -> pd.DataFrame:
     """Long table: every compared certifier of every run on the same test points (bounds.json `certifiers`)."""
     rows = []
     for name, files in reports.items():
-        for row in json.loads(files.bounds.read_text())["certifiers"]:
+        for row in BoundsResult.read(files.bounds).certifiers:
             rows.append({"experiment": name, **row})
     return pd.DataFrame(rows)
 

@@ -86,7 +86,7 @@ class RoundingModel:
     """A net's layers in float64, prepared once per set of weights, and the rounding bound over any region.
 
     `layers` are primitive layers (`GloroNet.primitive_layers`) ending with the Linear head; `layer_norms` are
-    sound ℓ2 bounds of all layers but the head (`gloro.lowered_bounds.rounding_norms`: a `ResidualNorms` for a
+    sound ℓ2 bounds of all layers but the head (`gloro.layer_bounds.rounding_norms`: a `ResidualNorms` for a
     residual layer); `dtype` is the precision the net computes in, `input_range` its input box.
     """
 

@@ -12,9 +12,9 @@ from torch import nn
 from gloro.certificate import Certificate
 from gloro.forward_error import RoundingModel, box_error
 from gloro.inference import forward_in_place
-from gloro.layer_rules import bound_for, layer_input_shapes, layer_type, primitives, role_of
+from gloro.layer_bounds import ResidualNorms, bound_for, rounding_norms
+from gloro.layer_rules import layer_input_shapes, layer_type, primitives, role_of
 from gloro.lipschitz import ConstantBound
-from gloro.lowered_bounds import ResidualNorms, rounding_norms
 from gloro.margin import head_distances, sound_margin_lipschitz, with_bottom
 from gloro.outward import product_up
 from gloro.precision import exact_arithmetic
@@ -171,7 +171,7 @@ class GloroNet(nn.Module):
 
     def rounding_norms(self, fast: bool = False) -> list:
         """Sound bounds of every primitive layer but the head as the rounding model reads them (a residual
-        layer's with its branch's: `gloro.lowered_bounds.rounding_norms`)."""
+        layer's with its branch's: `gloro.layer_bounds.rounding_norms`)."""
         return [norm for bound, layer in zip(self.bounds, self.layers) for norm in rounding_norms(bound, layer, fast)]
 
     def sub_lipschitz(self, sound: bool = False) -> torch.Tensor:

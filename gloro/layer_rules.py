@@ -167,18 +167,6 @@ def layer_input_shapes(layers: Sequence[nn.Module], input_shape: Sequence[int]) 
     return shapes
 
 
-def bound_for(layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None = None) -> LayerBound:
-    """The Lipschitz bound of `layer` acting on inputs of shape `input_shape` (without the batch axis)."""
-    from gloro.lowered_bounds import LoweredBound, ResidualBound  # here: those bounds read the rules in turn
-
-    rule = rule_for(layer)
-    if rule.role == "residual":
-        return ResidualBound(layer, input_shape, generator)
-    if rule.bound is not None:
-        return rule.bound(layer, tuple(input_shape), generator)
-    return LoweredBound(layer, input_shape, generator)
-
-
 def _carry_through(layer: nn.Module, units: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """A reshape moves each unit's error with the unit."""
     return layer(units)

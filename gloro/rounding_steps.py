@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gloro.layer_bounds import ResidualNorms
 from gloro.layer_rules import affine_map, branch_of, rule_for
-from gloro.lowered_bounds import ResidualNorms
 from gloro.outward import TINY32, TINY64, U64, gamma, norm_up, up
 
 
@@ -93,7 +93,7 @@ class ResidualStep:
 
 def build_steps(layers: Sequence[nn.Module], norms: Sequence) -> list:
     """One step per primitive layer (a block must be lowered first), each with its sound bound from `norms`
-    (`gloro.lowered_bounds.rounding_norms`: a float, or `ResidualNorms` for a residual layer)."""
+    (`gloro.layer_bounds.rounding_norms`: a float, or `ResidualNorms` for a residual layer)."""
     if len(layers) != len(norms):
         raise ValueError(f"{len(layers)} layers but {len(norms)} sound bounds for the rounding model")
     steps = []

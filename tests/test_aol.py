@@ -17,7 +17,7 @@ from gloro.audit import audit_soundness
 from gloro.certify import create_certifier
 from gloro.conv_norms import explicit_conv_matrix
 from gloro.families.aol import AOLConv2d, AOLDense, aol_conv_net
-from gloro.layer_rules import bound_for
+from gloro.layer_bounds import bound_for
 from gloro.layers import UnsupportedLayerError
 
 

@@ -17,7 +17,7 @@ import gloro
 from gloro.architectures import ArchitectureSpec, initialise
 from gloro.families.conv_net import comparison_conv_net
 from gloro.families.cpl import CPLConv2d, CPLDense
-from gloro.layer_rules import bound_for
+from gloro.layer_bounds import bound_for
 
 
 def converged(layer: CPLDense, steps: int = 200) -> CPLDense:

@@ -12,7 +12,8 @@ from torch import nn
 from gloro import GloroNet, architectures, create_model
 from gloro.certify.local import certify_local
 from gloro.certify.masked_operator import explicit_matrix
-from gloro.layer_rules import affine_map, bound_for, layer_rules, primitives, register_layer_rule, rule_for
+from gloro.layer_bounds import bound_for
+from gloro.layer_rules import affine_map, layer_rules, primitives, register_layer_rule, rule_for
 from gloro.layers import ChannelPad, FirstChannels, UnsupportedLayerError
 from gloro.plugins import load_plugins
 

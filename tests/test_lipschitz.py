@@ -10,7 +10,7 @@ from torch import nn
 
 import gloro
 from gloro.conv_norms import conv2d_circulant_bound
-from gloro.layer_rules import bound_for
+from gloro.layer_bounds import bound_for
 from gloro.layers import UnsupportedLayerError
 from gloro.lipschitz import Conv2dBound, LinearBound
 

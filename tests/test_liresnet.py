@@ -13,7 +13,7 @@ from test_residual import assert_box_offsets_cover_the_rounding, assert_trained_
 import gloro
 from gloro.conv_norms import explicit_conv_matrix
 from gloro.families.liresnet import LiResConv
-from gloro.layer_rules import bound_for
+from gloro.layer_bounds import bound_for
 from gloro.methods.emma import emma_loss
 
 

@@ -13,7 +13,8 @@ import gloro
 from gloro.certify import create_certifier
 from gloro.certify.compare import compare_supported
 from gloro.certify.masked_operator import explicit_matrix
-from gloro.layer_rules import affine_map, bound_for, register_layer_rule
+from gloro.layer_bounds import bound_for
+from gloro.layer_rules import affine_map, register_layer_rule
 from gloro.layers import Residual, UnsupportedLayerError
 from gloro.lipschitz import ConstantBound
 

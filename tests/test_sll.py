@@ -18,7 +18,7 @@ import gloro
 from gloro.architectures import ArchitectureSpec, initialise
 from gloro.families.conv_net import comparison_conv_net
 from gloro.families.sll import SLLConv2d, SLLDense, sll_bound
-from gloro.layer_rules import bound_for
+from gloro.layer_bounds import bound_for
 from gloro.layers import normalized_linear
 from gloro.methods.offset import offset_cross_entropy
 

@@ -4,7 +4,7 @@ conv layer that scales its kernel's input channels the same way from the kernel'
 
 The certificate does not take that claim: each layer lowers to the nn.Linear or nn.Conv2d it computes (weight
 as rounded in its own precision), whose sound bound the library proves as for any such layer; the claim is
-only the training estimate (`gloro.lowered_bounds.ClaimedBound`).
+only the training estimate (`gloro.layer_bounds.ClaimedBound`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from torch import nn
 
 from gloro.architectures import ArchitectureSpec, register_architecture
 from gloro.families.conv_net import comparison_conv_net
+from gloro.layer_bounds import ClaimedBound
 from gloro.layer_rules import register_layer_rule
 from gloro.layers import MinMax, computed_conv, computed_linear, normalized_linear
-from gloro.lowered_bounds import ClaimedBound
 
 SAFETY = 1e-6  # added under the square root, as the authors do: it only shrinks d
 MAX_WIDTH = 1024  # AOL-D4's width on large inputs (a 64×64×3 image has 12,288 units)

@@ -1,7 +1,8 @@
-"""The bounds of layers made of others, proven from the primitive layers they lower to: a block's (the product of
-its parts'), a block whose construction claims a constant (the claim trains, the lowering certifies), and a
-residual layer's (1 + its branch's, or its rule's own where smaller); and the check that a lowering computes
-exactly what its layer does, which the rounding model of every certificate relies on.
+"""The Lipschitz bound of any layer, from its rule (`bound_for`): a primitive's is its rule's own; a layer made of
+others has one proven from the primitive layers it lowers to: a block's (the product of its parts'), a block
+whose construction claims a constant (the claim trains, the lowering certifies), and a residual layer's (1 + its
+branch's, or its rule's own where smaller). With them, the check that a lowering computes exactly what its
+layer does, which the rounding model of every certificate relies on.
 """
 
 from __future__ import annotations
@@ -12,10 +13,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gloro.layer_rules import bound_for, layer_input_shapes, rule_for
+from gloro.layer_rules import layer_input_shapes, rule_for
 from gloro.layers import UnsupportedLayerError
 from gloro.lipschitz import LayerBound
 from gloro.outward import product_up, up
+
+
+def bound_for(layer: nn.Module, input_shape: Sequence[int], generator: torch.Generator | None = None) -> LayerBound:
+    """The Lipschitz bound of `layer` acting on inputs of shape `input_shape` (without the batch axis)."""
+    rule = rule_for(layer)
+    if rule.role == "residual":
+        return ResidualBound(layer, input_shape, generator)
+    if rule.bound is not None:
+        return rule.bound(layer, tuple(input_shape), generator)
+    return LoweredBound(layer, input_shape, generator)
 
 
 @dataclass(frozen=True)

@@ -20,22 +20,19 @@ from torch import nn
 
 from gloro.architectures import ArchitectureSpec, register_architecture
 from gloro.families.conv_net import comparison_conv_net
+from gloro.families.potential import PotentialConv2d, PotentialDense
 from gloro.families.sll import SLLBound, SLLConvBound
 from gloro.layer_rules import register_layer_rule
-from gloro.layers import computed_conv, computed_linear, normalized_linear
+from gloro.layers import normalized_linear
 
 
-class CPLDense(nn.Module):
+class CPLDense(PotentialDense):
     """One CPL dense layer on `features` units with an inner width (the rows of W) of `inner`; `vector` is the
     power iteration's estimate of W's top right singular vector, advanced after each training forward pass
     (train mode, gradients on), so that a pass never changes the map it computes, nor does evaluation."""
 
     def __init__(self, features: int, inner: int | None = None) -> None:
-        super().__init__()
-        inner = features if inner is None else int(inner)
-        self.down = nn.Linear(features, inner)  # W (inner × features) and b
-        nn.init.xavier_normal_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
+        super().__init__(features, inner)
         self.register_buffer("vector", torch.full((features,), 1 / math.sqrt(features)))
 
     def norm_estimate(self) -> torch.Tensor:
@@ -46,16 +43,8 @@ class CPLDense(nn.Module):
         """t = 1/(‖W v‖² + 10⁻⁴) for every inner unit: SLL's T for CPL's step 2/(σ̂² + 10⁻⁴)."""
         return (1 / (self.norm_estimate() ** 2 + 1e-4)).expand(self.down.out_features)
 
-    def up_weight(self) -> torch.Tensor:
-        """−2t·Wᵀ (features × inner), as the layer computes it."""
-        return -2 * self.down.weight.T * self.scale()[None, :]
-
-    def up(self) -> nn.Linear:
-        """The branch's last layer: a bias-free nn.Linear holding `up_weight`."""
-        return computed_linear(self.up_weight())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = x + F.linear(F.relu(self.down(x)), self.up_weight())
+        output = super().forward(x)
         if self.training and torch.is_grad_enabled():  # a training step: advance the estimate for the next one
             with torch.no_grad():
                 weight = self.down.weight
@@ -72,20 +61,15 @@ register_layer_rule(
 )
 
 
-class CPLConv2d(nn.Module):
-    """One CPL conv layer on `channels` channels with `inner` inside: W a `kernel_size`² conv with zero padding
-    kernel_size // 2, Wᵀ the conv with the flipped, transposed kernel (as SLL's conv layer). σ̂ = ‖Wu‖ for the
+class CPLConv2d(PotentialConv2d):
+    """One CPL conv layer on `channels` channels with `inner` inside (a `kernel_size`² conv W): σ̂ = ‖Wu‖ for the
     stored unit input u of shape (1, channels, *size), advanced by one power-iteration step after each training
     forward pass, as `CPLDense` does; u starts flat, so that building a net draws nothing."""
 
     offset = 1e-6  # c in 2/(σ̂² + c), the comparison's CPLConv2d
 
     def __init__(self, channels: int, inner: int | None = None, kernel_size: int = 3, size: Sequence[int] = (1, 1)):
-        super().__init__()
-        if kernel_size % 2 == 0:  # an even kernel has no padding that keeps the size and makes Wᵀ a padded conv
-            raise ValueError(f"a CPL conv layer needs an odd kernel size, got {kernel_size}")
-        inner = channels if inner is None else int(inner)
-        self.down = nn.Conv2d(channels, inner, kernel_size, padding=kernel_size // 2)  # W and b
+        super().__init__(channels, inner, kernel_size)
         shape = (1, channels, *(int(n) for n in size))
         self.register_buffer("vector", torch.full(shape, 1 / math.sqrt(math.prod(shape))))
 
@@ -107,16 +91,8 @@ class CPLConv2d(nn.Module):
         """t = 1/(‖W u‖² + c) for every inner channel: SLL's T for CPL's step."""
         return (1 / (self.norm_estimate() ** 2 + self.offset)).expand(self.down.out_channels)
 
-    def up_weight(self) -> torch.Tensor:
-        """The kernel of the conv that computes −2t·Wᵀ: −2t·K, transposed and flipped."""
-        return (-2 * self.down.weight * self.scale()[:, None, None, None]).transpose(0, 1).flip(2, 3)
-
-    def up(self) -> nn.Conv2d:
-        """The branch's last layer: a bias-free nn.Conv2d holding `up_weight`."""
-        return computed_conv(self.up_weight(), padding=self.down.padding)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = x + F.conv2d(F.relu(self.down(x)), self.up_weight(), None, 1, self.down.padding)
+        output = super().forward(x)
         if self.training and torch.is_grad_enabled():  # a training step: advance the estimate for the next one
             with torch.no_grad():
                 image = F.normalize(self._conv(self.vector).flatten(), dim=0).view(1, -1, *self.vector.shape[2:])

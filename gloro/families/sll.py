@@ -20,24 +20,21 @@ from torch.nn.modules.utils import _pair
 from gloro.architectures import ArchitectureSpec, register_architecture
 from gloro.conv_norms import conv2d_sound_norm
 from gloro.families.conv_net import comparison_conv_net
+from gloro.families.potential import PotentialConv2d, PotentialDense
 from gloro.layer_rules import register_layer_rule
-from gloro.layers import computed_conv, computed_linear, normalized_linear
+from gloro.layers import normalized_linear
 from gloro.lipschitz import LayerBound
 from gloro.outward import U64, norm_up, spectral_norm_upper, up
 
 CLAIMED_LIPSCHITZ = 1.0  # what the construction promises, in exact arithmetic
 
 
-class SLLDense(nn.Module):
+class SLLDense(PotentialDense):
     """One SLL dense layer on `features` units with an inner width (the rows of W) of `inner`."""
 
     def __init__(self, features: int, inner: int | None = None) -> None:
-        super().__init__()
-        inner = features if inner is None else int(inner)
-        self.down = nn.Linear(features, inner)  # W (inner × features) and b
-        nn.init.xavier_normal_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
-        self.log_q = nn.Parameter(torch.zeros(inner))  # q = exp(q̃) > 0
+        super().__init__(features, inner)
+        self.log_q = nn.Parameter(torch.zeros(self.down.out_features))  # q = exp(q̃) > 0
 
     def scale(self) -> torch.Tensor:
         """t: t_i = 1 / Σ_j |WWᵀ|_ij·q_j/q_i (0 where that sum is 0, a unit the layer does not use)."""
@@ -45,17 +42,6 @@ class SLLDense(nn.Module):
         total = ((weight @ weight.T).abs() * q[None, :]).sum(1) / q
         used = total > 0
         return used / torch.where(used, total, torch.ones_like(total))
-
-    def up_weight(self) -> torch.Tensor:
-        """−2Wᵀ T (features × inner), as the layer computes it."""
-        return -2 * self.down.weight.T * self.scale()[None, :]
-
-    def up(self) -> nn.Linear:
-        """The branch's last layer: a bias-free nn.Linear holding `up_weight` (built without drawing weights)."""
-        return computed_linear(self.up_weight())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.linear(F.relu(self.down(x)), self.up_weight())
 
 
 def sll_bound(weight: torch.Tensor, scale: torch.Tensor, up_weight: torch.Tensor) -> float:
@@ -101,19 +87,13 @@ register_layer_rule(
 )
 
 
-class SLLConv2d(nn.Module):
-    """One SLL conv layer on `channels` channels with `inner` channels inside (the rows of W, here a
-    `kernel_size`² conv with zero padding kernel_size // 2): h(x) = x − 2Wᵀ T σ(Wx + b), T from the kernel's
-    self-correlation over every offset. Wᵀ, the transposed conv, is computed as the conv with the flipped and
-    transposed kernel, so that the layer is exactly x + its branch's output."""
+class SLLConv2d(PotentialConv2d):
+    """One SLL conv layer on `channels` channels with `inner` channels inside (the rows of W, a `kernel_size`²
+    conv): T from the kernel's self-correlation over every offset."""
 
     def __init__(self, channels: int, inner: int | None = None, kernel_size: int = 3) -> None:
-        super().__init__()
-        if kernel_size % 2 == 0:  # an even kernel has no padding that keeps the size and makes Wᵀ a padded conv
-            raise ValueError(f"an SLL conv layer needs an odd kernel size, got {kernel_size}")
-        inner = channels if inner is None else int(inner)
-        self.down = nn.Conv2d(channels, inner, kernel_size, padding=kernel_size // 2)  # W and b
-        self.log_q = nn.Parameter(torch.zeros(inner))
+        super().__init__(channels, inner, kernel_size)
+        self.log_q = nn.Parameter(torch.zeros(self.down.out_channels))
 
     def scale(self) -> torch.Tensor:
         """t: t_i = 1 / Σ_j Σ_offsets |K⋆K|_ij·q_j/q_i (0 where that sum is 0)."""
@@ -122,17 +102,6 @@ class SLLConv2d(nn.Module):
         total = (correlation.abs().sum((2, 3)) * q[None, :]).sum(1) / q
         used = total > 0
         return used / torch.where(used, total, torch.ones_like(total))
-
-    def up_weight(self) -> torch.Tensor:
-        """The kernel of the conv that computes −2Wᵀ T: −2·t_i·K_i, transposed and flipped."""
-        return (-2 * self.down.weight * self.scale()[:, None, None, None]).transpose(0, 1).flip(2, 3)
-
-    def up(self) -> nn.Conv2d:
-        """The branch's last layer: a bias-free nn.Conv2d holding `up_weight` (built without drawing weights)."""
-        return computed_conv(self.up_weight(), padding=self.down.padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.conv2d(F.relu(self.down(x)), self.up_weight(), None, 1, self.down.padding)
 
 
 def taps_norm_up(kernel: torch.Tensor) -> float:
